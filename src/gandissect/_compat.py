@@ -1,0 +1,38 @@
+"""Make ``import torchvision`` work where torch is a CPU-only build and torchvision a CUDA build.
+
+On such a machine torchvision's compiled ops cannot load, and its import then fails with
+"operator torchvision::nms does not exist" - which also breaks ``import torchmetrics`` and
+``import pytorch_lightning``, since both import torchvision when it is installed. Declaring the two
+op schemas that torchvision's import registers fake kernels for lets the rest of torchvision import;
+its compiled ops (nms, roi_align, image decoding) stay unavailable, and gandissect does not use them.
+
+Where torch and torchvision match, the first import succeeds and nothing here runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+_torchvision_schemas = None  # kept alive: the op definitions last as long as this library object
+
+
+def ensure_torchvision_importable() -> None:
+    global _torchvision_schemas
+    if "torchvision" in sys.modules or _torchvision_schemas is not None:
+        return
+    try:
+        import torchvision  # noqa: F401
+        return
+    except ModuleNotFoundError:
+        return
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    _torchvision_schemas = torch.library.Library("torchvision", "DEF")
+    _torchvision_schemas.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _torchvision_schemas.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision  # noqa: F401,F811

@@ -1,0 +1,142 @@
+"""Experiment configs: YAML files read into dataclasses, with unknown keys refused by name.
+
+Each command declares its config as nested dataclasses with defaults. ``load_config`` reads a YAML
+file, applies ``key.sub=value`` overrides from the command line, and checks every key, so a typo
+such as ``batchsize`` stops the run before it starts instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gandissect.errors import ConfigError
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"          # offline (files in the run directory), online, or disabled
+    project: str = "gandissect"
+    entity: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"wandb.mode must be offline, online or disabled, got {self.mode!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to ``pytorch_lightning.Trainer`` as they are."""
+
+    max_steps: int = 1000
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: Any = "32-true"
+    val_check_interval: int = 500
+    log_every_n_steps: int = 25
+
+
+@dataclass
+class SegmenterModelConfig:
+    widths: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
+
+
+@dataclass
+class SegmenterDataConfig:
+    size: int = 64
+    batch_size: int = 32
+    train_seed: int = 0
+    val_seed: int = 1
+    val_length: int = 256
+    num_workers: int = 1
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class SegmenterTrainConfig:
+    name: str = "segmenter"
+    seed: int = 0
+    resume: bool = True  # continue from runs/<name>/lightning/last.ckpt when an earlier run left one
+    model: SegmenterModelConfig = field(default_factory=SegmenterModelConfig)
+    data: SegmenterDataConfig = field(default_factory=SegmenterDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class DemoConfig:
+    name: str = "demo"
+    segmenter: str = "checkpoints/scene_segmenter.safetensors"
+    n: int = 64
+    seed: int = 12345
+    size: int = 64
+    stats_n: int = 500
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def _from_dict(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; expected one of: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _from_dict(hint, value, key) if dataclasses.is_dataclass(hint) else value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def _set_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    key, raw = assignment.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """Read ``path`` (YAML) into dataclass ``cls``, then apply ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    for assignment in overrides:
+        _set_override(data, assignment)
+    try:
+        return _from_dict(cls, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

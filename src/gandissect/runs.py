@@ -1,0 +1,116 @@
+"""Run directories: ``runs/<name>/`` holds the resolved config, the JSON results and the W&B files.
+
+The JSON files are the source of truth; W&B is the dashboard. W&B runs offline by default, with
+every file it writes (run data, cache, settings) kept inside the run directory, so nothing needs an
+account or a network; ``wandb sync runs/<name>/wandb/offline-run-*`` uploads a run later.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gandissect.config import WandbConfig, to_dict
+from gandissect.io import write_yaml
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("GANDISSECT_RUNS", "runs"))
+
+
+def start_run(name: str, config, root: str | Path | None = None) -> Path:
+    """Create the run directory and save the resolved config there before any work starts."""
+    run_dir = Path(root) if root is not None else runs_root() / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", to_dict(config))
+    return run_dir
+
+
+def wandb_environment(run_dir: Path, settings: WandbConfig) -> None:
+    """Point every W&B directory into the run directory and set its mode."""
+    base = str(run_dir.resolve())
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        os.environ[var] = base
+    os.environ["WANDB_MODE"] = settings.mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+
+
+def wandb_logger(run_dir: Path, settings: WandbConfig, name: str, config: dict):
+    """A Lightning WandbLogger for this run, or None when W&B is disabled.
+
+    ``WandbLogger(offline=True)`` refuses ``log_model``; setting WANDB_MODE=offline and leaving
+    ``offline=False`` gives the same offline run without that restriction.
+    """
+    if settings.mode == "disabled":
+        return None
+    from pytorch_lightning.loggers import WandbLogger
+
+    wandb_environment(run_dir, settings)
+    return WandbLogger(name=name, project=settings.project, entity=settings.entity, save_dir=str(run_dir),
+                       config=config, offline=False)
+
+
+def wandb_run(run_dir: Path, settings: WandbConfig, name: str, config: dict):
+    """A plain ``wandb`` run for commands that are not trained by Lightning (None when disabled)."""
+    if settings.mode == "disabled":
+        return None
+    import wandb
+
+    wandb_environment(run_dir, settings)
+    return wandb.init(project=settings.project, entity=settings.entity, name=name, dir=str(run_dir),
+                      config=config, reinit="finish_previous")
+
+
+def read_offline_history(run_dir: str | Path) -> list[dict]:
+    """The logged rows (``run.log`` calls) of the offline W&B run(s) under ``run_dir``, oldest first.
+
+    W&B writes its records in a LevelDB-style log: a 7-byte file header, then 32 KiB blocks of
+    chunks, each chunk with a 7-byte header (checksum, length, type: full / first / middle / last)
+    around a serialized protobuf ``Record``. Reading it back lets tests and users check what was
+    logged without an account or the W&B server.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    block, rows = 32 * 1024, []
+    for path in sorted(Path(run_dir).glob("**/offline-run-*/run-*.wandb")):
+        data = path.read_bytes()
+        if data[:4] != b":W&B":
+            raise ValueError(f"{path} is not a W&B run file")
+        pos, pending, records = 7, b"", []
+        while pos + 7 <= len(data):
+            left = block - pos % block
+            if left < 7:  # the rest of a block too short for a header is padding
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if kind == 0 and length == 0:
+                pos += left
+                continue
+            chunk = data[pos + 7:pos + 7 + length]
+            pos += 7 + length
+            if kind == 1:
+                records.append(chunk)
+            elif kind == 2:
+                pending = chunk
+            elif kind == 3:
+                pending += chunk
+            elif kind == 4:
+                records.append(pending + chunk)
+        for raw in records:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") != "history":
+                continue
+            row: dict = {}
+            for item in record.history.item:
+                *parents, leaf = list(item.nested_key) or [item.key]  # images etc. arrive as nested keys
+                node = row
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = json.loads(item.value_json)
+            rows.append(row)
+    return rows

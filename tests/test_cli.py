@@ -1,0 +1,80 @@
+import json
+import subprocess
+
+import pytest
+
+from .conftest import REPO, SHIPPED_SEGMENTER, console_script
+
+
+def gandissect(*args, cwd=REPO, env_runs=None):
+    import os
+
+    env = dict(os.environ)
+    if env_runs is not None:
+        env["GANDISSECT_RUNS"] = str(env_runs)
+    return subprocess.run([console_script(), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_scenes_command_writes_grid_and_statistics(tmp_path):
+    done = gandissect("scenes", "--n", 16, "--seed", 0, "--out", tmp_path / "s", "--stats-n", 40)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "s" / "scenes.png").stat().st_size > 1000
+    stats = json.loads((tmp_path / "s" / "statistics.json").read_text())
+    assert stats["n"] == 40 and stats["shown_indices"] == list(range(16))
+    assert set(stats["classes"]["dome"]) == {"category", "pixel_share", "presence_rate"}
+    dome = gandissect("scenes", "--n", 4, "--class", "dome", "--out", tmp_path / "d", "--stats-n", 4)
+    assert dome.returncode == 0, dome.stderr[-2000:]
+    shown = json.loads((tmp_path / "d" / "statistics.json").read_text())["shown_indices"]
+    from gandissect.data import scenes
+
+    assert all((scenes.render_scene(0, i)[1] == scenes.class_index("dome")).any() for i in shown)
+
+
+def _one_line_error(done, *fragments):
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gandissect: error: "), done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_input_gives_one_line_and_a_nonzero_exit(tmp_path):
+    _one_line_error(gandissect("scenes", "--n", 4, "--class", "trees", "--out", tmp_path / "x"),
+                    "unknown class 'trees'", "tree")
+    assert not (tmp_path / "x").exists()
+    _one_line_error(gandissect("eval", "segmenter", "--checkpoint", tmp_path / "none.safetensors", "--n", 2),
+                    f"checkpoint not found: {tmp_path / 'none.safetensors'}")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    _one_line_error(gandissect("eval", "segmenter", "--checkpoint", corrupt, "--n", 2), str(corrupt), "corrupt")
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  max_step: 3\n")
+    _one_line_error(gandissect("train", "segmenter", "--config", config, env_runs=tmp_path / "runs"),
+                    "unknown config key trainer.max_step", "max_steps")
+    assert not (tmp_path / "runs").exists()  # refused before any run directory was made
+
+
+def test_eval_prints_json_and_keeps_it_in_the_run_directory(tmp_path):
+    done = gandissect("eval", "segmenter", "--checkpoint", SHIPPED_SEGMENTER, "--n", 20, "--seed", 12345,
+                      env_runs=tmp_path / "runs")
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    assert 0 <= printed["miou"] <= 1 and len(printed["per_class_iou"]) == 12
+    saved = json.loads((tmp_path / "runs" / "eval-segmenter" / "results.json").read_text())
+    assert saved["miou"] == pytest.approx(printed["miou"])
+
+
+def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
+    done = gandissect("demo", "--set", "n=16", "--set", "stats_n=32", env_runs=tmp_path / "runs")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "demo"
+    html = (run_dir / "index.html").read_text()
+    for linked in ("scenes.png", "labels_true.png", "labels_predicted.png", "results.json", "config.yaml"):
+        assert linked in html and (run_dir / linked).exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["segmentation"]["n"] == 16
+    from gandissect.runs import read_offline_history
+
+    rows = read_offline_history(run_dir)
+    assert rows and rows[0]["miou"] == pytest.approx(results["segmentation"]["miou"])
