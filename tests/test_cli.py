@@ -22,6 +22,7 @@ def test_scenes_command_writes_grid_and_statistics(tmp_path):
     assert (tmp_path / "s" / "scenes.png").stat().st_size > 1000
     stats = json.loads((tmp_path / "s" / "statistics.json").read_text())
     assert stats["n"] == 40 and stats["shown_indices"] == list(range(16))
+    assert "stats_n: 40" in (tmp_path / "s" / "config.yaml").read_text()
     assert set(stats["classes"]["dome"]) == {"category", "pixel_share", "presence_rate"}
     dome = gandissect("scenes", "--n", 4, "--class", "dome", "--out", tmp_path / "d", "--stats-n", 4)
     assert dome.returncode == 0, dome.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from gandissect.errors import CheckpointError
 from gandissect.io import atomic_path
@@ -36,7 +36,7 @@ def read_checkpoint(path: str | Path, expected_arch: str) -> tuple[dict, dict[st
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({err})") from None
     arch = meta.get("gandissect_arch")

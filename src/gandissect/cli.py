@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from gandissect.errors import GandissectError
 
@@ -23,7 +22,8 @@ def _scenes(args) -> dict:
     import numpy as np
 
     from gandissect.data import scenes
-    from gandissect.io import image_grid, save_image, write_json, write_yaml
+    from gandissect.io import image_grid, save_image, write_json
+    from gandissect.runs import start_run
 
     scenes.check_size(args.size)
     wanted = scenes.class_index(args.class_name) if args.class_name else None
@@ -35,17 +35,17 @@ def _scenes(args) -> dict:
         index += 1
         if index > 1000 * args.n:
             raise GandissectError(f"class {args.class_name!r} is too rare: found {len(pairs)} scenes in {index}")
-    out = Path(args.out)
+    stats_n = max(args.n, args.stats_n)
+    out = start_run("scenes", {"command": "scenes", "n": args.n, "seed": args.seed, "size": args.size,
+                               "class": args.class_name, "stats_n": stats_n}, root=args.out)
     images = image_grid(np.stack([p[1] for p in pairs]))
     labels = image_grid(scenes.colorize(np.stack([p[2] for p in pairs])))
     gap = np.full((images.shape[0], 8, 3), 255, np.uint8)
     save_image(out / "scenes.png", np.concatenate([images, gap, labels], axis=1), scale=2)
-    stats = scenes.world_statistics(args.seed, max(args.n, args.stats_n), args.size)
+    stats = scenes.world_statistics(args.seed, stats_n, args.size)
     stats["shown_indices"] = [p[0] for p in pairs]
     stats["legend"] = {name: scenes.LABEL_COLORS[i].tolist() for i, name in enumerate(scenes.CLASSES) if i}
     write_json(out / "statistics.json", stats)
-    write_yaml(out / "config.yaml", {"command": "scenes", "n": args.n, "seed": args.seed, "size": args.size,
-                                     "class": args.class_name, "stats_n": max(args.n, args.stats_n)})
     return {"out": str(out), "images": str(out / "scenes.png"), "statistics": str(out / "statistics.json")}
 
 
@@ -58,16 +58,15 @@ def _train(args) -> dict:
 
 
 def _eval(args) -> dict:
-    from gandissect.io import write_json, write_yaml
+    from gandissect.io import write_json
     from gandissect.models.segmenter import SceneSegmenter, evaluate_segmenter
-    from gandissect.runs import runs_root
+    from gandissect.runs import start_run
 
     segmenter = SceneSegmenter.load(args.checkpoint)
+    run_dir = start_run(args.name, {"command": "eval segmenter", "checkpoint": str(args.checkpoint),
+                                    "n": args.n, "seed": args.seed, "size": args.size})
     results = evaluate_segmenter(segmenter, args.seed, args.n, args.size)
     results["checkpoint"] = str(args.checkpoint)
-    run_dir = runs_root() / args.name
-    write_yaml(run_dir / "config.yaml", {"command": "eval segmenter", "checkpoint": str(args.checkpoint),
-                                         "n": args.n, "seed": args.seed, "size": args.size})
     write_json(run_dir / "results.json", results)
     return results
 

@@ -19,10 +19,11 @@ def runs_root() -> Path:
 
 
 def start_run(name: str, config, root: str | Path | None = None) -> Path:
-    """Create the run directory and save the resolved config there before any work starts."""
+    """Create the run directory (``runs/<name>/`` unless ``root`` is given) and save the resolved config
+    (a config dataclass or a plain dict) there before any work starts."""
     run_dir = Path(root) if root is not None else runs_root() / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", to_dict(config))
+    write_yaml(run_dir / "config.yaml", config if isinstance(config, dict) else to_dict(config))
     return run_dir
 
 
