@@ -76,6 +76,63 @@ class SegmenterTrainConfig:
 
 
 @dataclass
+class GANModelConfig:
+    resolution: int = 64
+    latent_dim: int = 128
+    g_widths: list[int] = field(default_factory=lambda: [128, 128, 128, 128, 64, 64, 32, 32, 16, 16])
+    d_widths: list[int] = field(default_factory=lambda: [16, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128])
+
+
+@dataclass
+class GANDataConfig:
+    batch_size: int = 32
+    train_seed: int = 0
+    num_workers: int = 1
+
+
+@dataclass
+class GANLossConfig:
+    r1_gamma: float = 1.0          # R1 penalty on real images (non-saturating loss + R1, as in StyleGAN2)
+    r1_interval: int = 4           # lazy regularization: the penalty every r1_interval steps, scaled up to match
+    ema_half_life: int = 10000     # images; half-life of the exponential moving average of G's weights
+    ema_rampup: float = 0.05       # early on the half-life is at most this fraction of the images seen
+
+
+@dataclass
+class GANOptimConfig:
+    g_lr: float = 2e-3
+    d_lr: float = 2e-3
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+
+
+@dataclass
+class GANMonitorConfig:
+    segmenter: str = "checkpoints/scene_segmenter.safetensors"  # its features give FD-scenes
+    fd_every: int = 1000           # steps between FD-scenes evaluations of the EMA generator (0: none)
+    fd_n: int = 1000               # generated images per evaluation
+    fd_real_n: int = 2000          # real scenes for the reference statistics
+    fd_real_seed: int = 2          # a world seed not used for training
+    sample_every: int = 500        # steps between logged sample grids (fixed latents)
+    sample_n: int = 64
+    sample_seed: int = 0
+    checkpoint_every: int = 500
+
+
+@dataclass
+class GANTrainConfig:
+    name: str = "scene-gan"
+    seed: int = 0
+    resume: bool = True
+    model: GANModelConfig = field(default_factory=GANModelConfig)
+    data: GANDataConfig = field(default_factory=GANDataConfig)
+    loss: GANLossConfig = field(default_factory=GANLossConfig)
+    optim: GANOptimConfig = field(default_factory=GANOptimConfig)
+    monitor: GANMonitorConfig = field(default_factory=GANMonitorConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
 class DemoConfig:
     name: str = "demo"
     segmenter: str = "checkpoints/scene_segmenter.safetensors"

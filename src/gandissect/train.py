@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import platform
 import time
@@ -13,10 +15,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from gandissect.config import SegmenterTrainConfig, to_dict
+from gandissect.config import GANTrainConfig, SegmenterTrainConfig, TrainerConfig, to_dict
 from gandissect.data import scenes
-from gandissect.io import image_grid, write_json
+from gandissect.data.latents import seeded_latents
+from gandissect.fid import scenes_fd
+from gandissect.io import image_grid, save_image, write_json
+from gandissect.models.progan import ProGANDiscriminator, ProGANGenerator
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
+from gandissect.quality import generate
 from gandissect.runs import start_run, wandb_logger
 
 
@@ -95,6 +101,24 @@ def machine_description() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def _resume_checkpoint(run_dir: Path, resume: bool) -> Path | None:
+    last = run_dir / "lightning" / "last.ckpt"
+    return last if resume and last.exists() else None
+
+
+def _trainer(t: TrainerConfig, run_dir: Path, logger, max_steps: int, checkpoint_every: int,
+             callbacks: list = (), **kwargs) -> pl.Trainer:
+    """The Lightning Trainer of a gandissect run: settings from the config, checkpoints in run_dir/lightning."""
+    return pl.Trainer(
+        max_steps=max_steps, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=t.precision, log_every_n_steps=t.log_every_n_steps, logger=logger if logger else False,
+        default_root_dir=str(run_dir), enable_model_summary=False,
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=run_dir / "lightning", save_last=True,
+                                                every_n_train_steps=checkpoint_every), *callbacks],
+        **kwargs,
+    )
+
+
 def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> dict:
     """Train the scene segmenter; writes the run directory and returns its results."""
     run_dir = start_run(cfg.name, cfg, root=run_dir)
@@ -106,16 +130,9 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
                                    num_workers=cfg.data.num_workers)
     module = SegmenterModule(cfg.model.widths, cfg.data.size, cfg.optim.lr, cfg.optim.weight_decay, t.max_steps)
     logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
-    trainer = pl.Trainer(
-        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        precision=t.precision, val_check_interval=min(t.val_check_interval, t.max_steps),
-        check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps, logger=logger if logger else False,
-        default_root_dir=str(run_dir), enable_model_summary=False,
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=run_dir / "lightning", save_last=True,
-                                                every_n_train_steps=t.val_check_interval)],
-    )
-    last = run_dir / "lightning" / "last.ckpt"
-    resume_from = last if cfg.resume and last.exists() else None
+    trainer = _trainer(t, run_dir, logger, t.max_steps, t.val_check_interval,
+                       val_check_interval=min(t.val_check_interval, t.max_steps), check_val_every_n_epoch=None)
+    resume_from = _resume_checkpoint(run_dir, cfg.resume)
     resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
     start = time.time()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
@@ -130,6 +147,173 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
     }
     if trainer.is_global_zero:
         module.model.cpu().eval().save(run_dir / "segmenter.safetensors")
+        write_json(run_dir / "results.json", results)
+    if logger is not None:
+        logger.experiment.finish()
+    return results
+
+
+class GANModule(pl.LightningModule):
+    """Non-saturating GAN loss with lazy R1 on real images, and an EMA copy of the generator.
+
+    Manual optimization: each training step is one discriminator update and one generator update.
+    Lightning counts optimizer steps, so ``trainer.global_step`` is twice the number of training steps;
+    ``self.step`` is the number of training steps. Every ``fd_every`` steps the EMA generator is scored
+    with FD-scenes (Frechet distance on the scene segmenter's features) against fixed real statistics,
+    and every ``sample_every`` steps a grid of the same fixed latents is logged.
+    """
+
+    def __init__(self, cfg: GANTrainConfig):
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters({"cfg": to_dict(cfg)})
+        self.cfg = cfg
+        m = cfg.model
+        self.G = ProGANGenerator(m.resolution, m.g_widths, m.latent_dim)
+        self.D = ProGANDiscriminator(m.resolution, m.d_widths)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.fd = scenes_fd(SceneSegmenter.load(cfg.monitor.segmenter))
+        self.register_buffer("fixed_z", seeded_latents(cfg.monitor.sample_seed, cfg.monitor.sample_n, m.latent_dim))
+        self._noise = torch.Generator()
+
+    @property
+    def step(self) -> int:
+        return self.global_step // 2
+
+    def on_fit_start(self):
+        self._noise.manual_seed(self.cfg.seed * 1000 + self.global_rank + 7919 * self.step)
+        mon = self.cfg.monitor
+        if not mon.fd_every:
+            return
+        reference = scenes_fd(self.fd.backbone.segmenter).to(self.device)
+        loader = torch.utils.data.DataLoader(scenes.SceneDataset(mon.fd_real_seed, mon.fd_real_n,
+                                                                 self.cfg.model.resolution), batch_size=100)
+        for images, _ in loader:
+            reference.update(images.to(self.device), real=True)
+        self.fd.set_real_statistics(*reference.statistics(real=True))
+
+    def _latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.G.latent_dim, generator=self._noise).to(self.device)
+
+    def training_step(self, batch, batch_idx):
+        real = batch[0]
+        loss_cfg = self.cfg.loss
+        opt_g, opt_d = self.optimizers()
+        n = real.shape[0]
+
+        with torch.no_grad():
+            fake = self.G(self._latents(n))
+        regularize = loss_cfg.r1_gamma > 0 and self.step % loss_cfg.r1_interval == 0
+        real.requires_grad_(regularize)
+        real_logits, fake_logits = self.D(real), self.D(fake)
+        d_loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        d_total = d_loss
+        if regularize:
+            (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            d_total = d_loss + 0.5 * loss_cfg.r1_gamma * loss_cfg.r1_interval * r1
+            self.log("train/r1", r1)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_total)
+        opt_d.step()
+
+        g_loss = F.softplus(-self.D(self.G(self._latents(n)))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self._update_ema(n)
+
+        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss,
+                       "train/real_score": real_logits.mean(), "train/fake_score": fake_logits.mean()},
+                      prog_bar=True)
+
+    @torch.no_grad()
+    def _update_ema(self, batch_size: int):
+        half_life = self.cfg.loss.ema_half_life
+        images_seen = (self.step + 1) * batch_size * self.trainer.world_size
+        half_life = min(half_life, images_seen * self.cfg.loss.ema_rampup) if self.cfg.loss.ema_rampup else half_life
+        beta = 0.5 ** (batch_size * self.trainer.world_size / max(half_life, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.lerp_(p, 1 - beta)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        mon, step = self.cfg.monitor, self.step
+        # Logged straight to the logger: self.log would repeat the value at every later step.
+        if mon.fd_every and step % mon.fd_every == 0:
+            fd = self.evaluate_fd()  # every process takes part: the metric syncs across them
+            if self.trainer.is_global_zero and self.logger is not None:
+                self.logger.log_metrics({"fd_scenes": fd}, step=self._log_step)
+        if mon.sample_every and step % mon.sample_every == 0 and self.trainer.is_global_zero:
+            self.log_samples()
+
+    @property
+    def _log_step(self) -> int:
+        """The step Lightning itself logs under (batches so far), so W&B sees one increasing step."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    @torch.no_grad()
+    def evaluate_fd(self) -> float:
+        """FD-scenes of the EMA generator on seeded latents (shared out over the processes)."""
+        mon = self.cfg.monitor
+        self.fd.reset()
+        rank, world = self.global_rank, self.trainer.world_size
+        for start in range(rank * 100, mon.fd_n, world * 100):
+            self.fd.update(generate(self.G_ema, mon.sample_seed + 1, min(100, mon.fd_n - start), start=start),
+                           real=False)
+        return float(self.fd.compute())
+
+    @torch.no_grad()
+    def log_samples(self):
+        grid = image_grid(scenes.to_uint8(self.G_ema(self.fixed_z).clamp(-1, 1).cpu()))
+        run_dir = Path(self.trainer.default_root_dir)
+        save_image(run_dir / "samples.png", grid, scale=2)
+        if self.logger is not None and hasattr(self.logger, "log_image"):
+            self.logger.log_image("samples", [grid], step=self._log_step,
+                                  caption=[f"EMA generator, step {self.step}"])
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        betas = tuple(o.betas)
+        # lazy R1 scales the D learning rate as StyleGAN2 does, so the effective regularization is unchanged
+        ratio = self.cfg.loss.r1_interval / (self.cfg.loss.r1_interval + 1) if self.cfg.loss.r1_gamma > 0 else 1
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=o.g_lr, betas=betas)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=o.d_lr * ratio, betas=tuple(b ** ratio for b in betas))
+        return [opt_g, opt_d]
+
+
+def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list = ()) -> dict:
+    """Train a ProGAN on the scene world; writes the run directory and returns its results."""
+    run_dir = start_run(cfg.name, cfg, root=run_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    t = cfg.trainer
+    data = torch.utils.data.DataLoader(
+        scenes.SceneDataset(cfg.data.train_seed, t.max_steps * cfg.data.batch_size, cfg.model.resolution),
+        batch_size=cfg.data.batch_size, shuffle=False, drop_last=True, num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0)
+    module = GANModule(cfg)
+    logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
+    # The D update leaves G's parameters without gradients by design, which plain DDP treats as an error.
+    if t.strategy == "ddp":
+        t = dataclasses.replace(t, strategy="ddp_find_unused_parameters_true")
+    # Lightning counts optimizer steps; one GAN step takes two (D and G).
+    trainer = _trainer(t, run_dir, logger, 2 * t.max_steps, 2 * cfg.monitor.checkpoint_every, callbacks)
+    resume_from = _resume_checkpoint(run_dir, cfg.resume)
+    resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] // 2 \
+        if resume_from else 0
+    start = time.time()
+    trainer.fit(module, train_dataloaders=data, ckpt_path=str(resume_from) if resume_from else None)
+    wall = time.time() - start
+    fd = module.evaluate_fd() if cfg.monitor.fd_every else None
+    results = {
+        "steps": module.step, "resumed_from_step": int(resumed_step), "images_seen": module.step * cfg.data.batch_size
+        * trainer.world_size, "wall_time_s": round(wall, 1), "machine": machine_description(),
+        "world_size": trainer.world_size, "fd_scenes": fd, "fd_n": cfg.monitor.fd_n,
+        "generator": str(run_dir / "generator.safetensors"),
+        "discriminator": str(run_dir / "discriminator.safetensors"),
+    }
+    if trainer.is_global_zero:
+        module.G_ema.cpu().eval().save(run_dir / "generator.safetensors")
+        module.D.cpu().eval().save(run_dir / "discriminator.safetensors")
         write_json(run_dir / "results.json", results)
     if logger is not None:
         logger.experiment.finish()

@@ -1,0 +1,29 @@
+"""Seeded latent vectors: latent ``i`` of seed ``s`` is the same whatever the batch size or process count."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+def seeded_latents(seed: int, n: int, dim: int, start: int = 0) -> torch.Tensor:
+    """(n, dim) standard-normal latents with indices start..start+n-1 of stream ``seed``."""
+    out = torch.empty(n, dim)
+    gen = torch.Generator()
+    for row, index in enumerate(range(start, start + n)):
+        gen.manual_seed(seed * 1_000_003 + index)
+        out[row] = torch.randn(dim, generator=gen)
+    return out
+
+
+class LatentDataset(Dataset):
+    """Latents 0..length-1 of stream ``seed`` (index, z) - for the Lightning runs that sample a generator."""
+
+    def __init__(self, seed: int, length: int, dim: int):
+        self.seed, self.length, self.dim = seed, length, dim
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return index, seeded_latents(self.seed, 1, self.dim, start=index)[0]
