@@ -27,6 +27,8 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/segmenter_speed.py
+	$(VENV)/bin/python bench/train_speed.py
+	$(VENV)/bin/python bench/fid_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -13,11 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
-from gandissect.config import GANTrainConfig, load_config
+from gandissect.config import GANTrainConfig, load_config  # gandissect first: it makes torchvision importable
 from gandissect.train import machine_description, train_gan
+
+import pytorch_lightning as pl  # noqa: E402,I100
 
 REPO = Path(__file__).resolve().parents[1]
 

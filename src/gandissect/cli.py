@@ -3,7 +3,12 @@
     gandissect demo [--config experiments/scenes/demo.yaml]
     gandissect scenes --n 64 --seed 0 --out DIR [--size 64] [--class dome]
     gandissect train segmenter --config experiments/scenes/segmenter.yaml [--set trainer.max_steps=100]
+    gandissect train gan --config experiments/scenes/gan.yaml
     gandissect eval segmenter --checkpoint PATH --n 1000 --seed 12345
+    gandissect eval gan --checkpoint PATH --n 2000
+    gandissect generate --checkpoint PATH --n 64 --seed 0 --out grid.png
+    gandissect fid stats --data scenes --n 10000 --backbone scenes --out real.npz
+    gandissect fid score --checkpoint PATH --stats real.npz --n 10000 [--backbone scenes]
 
 Bad input (a missing file, an unknown key or class, a checkpoint of the wrong kind) ends with one
 line on stderr naming the problem and exit status 2.
@@ -50,11 +55,12 @@ def _scenes(args) -> dict:
 
 
 def _train(args) -> dict:
-    from gandissect.config import SegmenterTrainConfig, load_config
-    from gandissect.train import train_segmenter
+    from gandissect.config import GANTrainConfig, SegmenterTrainConfig, load_config
+    from gandissect.train import train_gan, train_segmenter
 
-    cfg = load_config(SegmenterTrainConfig, args.config, args.set)
-    return train_segmenter(cfg)
+    if args.model == "gan":
+        return train_gan(load_config(GANTrainConfig, args.config, args.set))
+    return train_segmenter(load_config(SegmenterTrainConfig, args.config, args.set))
 
 
 def _eval(args) -> dict:
@@ -69,6 +75,119 @@ def _eval(args) -> dict:
     results["checkpoint"] = str(args.checkpoint)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def _eval_gan(args) -> dict:
+    from gandissect.io import save_image, write_json
+    from gandissect.models.progan import load_generator
+    from gandissect.models.segmenter import SceneSegmenter
+    from gandissect.quality import evaluate_generator, sample_grid, shares_chart
+    from gandissect.runs import start_run
+
+    generator = load_generator(args.checkpoint)
+    segmenter = SceneSegmenter.load(args.segmenter)
+    run_dir = start_run(args.name, {"command": "eval gan", "checkpoint": str(args.checkpoint), "n": args.n,
+                                    "seed": args.seed, "real_seed": args.real_seed, "segmenter": args.segmenter})
+    results = evaluate_generator(generator, segmenter, args.n, args.seed, args.real_seed)
+    results["checkpoint"] = str(args.checkpoint)
+    save_image(run_dir / "shares.png", shares_chart(results))
+    save_image(run_dir / "samples.png", sample_grid(generator, args.seed), scale=2)
+    write_json(run_dir / "results.json", results)
+    return {**results, "run_dir": str(run_dir)}
+
+
+def _generate(args) -> dict:
+    from pathlib import Path
+
+    from gandissect.io import save_image, write_json
+    from gandissect.models.progan import load_generator
+    from gandissect.quality import sample_grid
+
+    generator = load_generator(args.checkpoint)
+    out = Path(args.out)
+    save_image(out, sample_grid(generator, args.seed, args.n, args.columns), scale=args.scale)
+    record = {"checkpoint": str(args.checkpoint), "seed": args.seed, "n": args.n, "latent_indices": [0, args.n - 1],
+              "latent_dim": generator.latent_dim, "resolution": generator.resolution, "image": str(out),
+              "reproduce": f"gandissect generate --checkpoint {args.checkpoint} --n {args.n} --seed {args.seed}"}
+    write_json(out.with_suffix(".json"), record)
+    return record
+
+
+def _fid_backbone(args):
+    import torch
+
+    from gandissect.fid import build_fd
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return build_fd(args.backbone, weights=args.weights, segmenter_path=args.segmenter).to(args.device)
+
+
+def _fid_finish(run_dir, results: dict, caught) -> dict:
+    """Say every warning (too few images for the features, a singular covariance) on stderr and in the results."""
+    from gandissect.io import write_json
+
+    results["warnings"] = [str(w.message) for w in caught]
+    for message in results["warnings"]:
+        print(f"gandissect: warning: {message}", file=sys.stderr)
+    write_json(run_dir / "results.json", results)
+    return {**results, "run_dir": str(run_dir)}
+
+
+def _fid_stats(args) -> dict:
+    import warnings
+
+    from gandissect.fid import feed, folder_batches, save_statistics, scene_batches
+    from gandissect.runs import start_run
+
+    if args.data == "scenes":
+        batches = scene_batches(args.seed, args.n, args.size, args.batch_size)
+    else:
+        batches = folder_batches(args.data, args.n, args.batch_size)
+    metric = _fid_backbone(args)
+    run_dir = start_run(args.name, {"command": "fid stats", "data": args.data, "n": args.n, "seed": args.seed,
+                                    "size": args.size, "backbone": args.backbone, "weights": args.weights,
+                                    "segmenter": args.segmenter, "out": str(args.out)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        feed(metric, batches, real=True, total=args.n, desc=f"{metric.name} statistics")
+        mu, sigma = metric.statistics(real=True)
+    save_statistics(args.out, mu, sigma, name=metric.name, count=args.n)
+    results = {"metric": metric.name, "statistics": str(args.out), "n": args.n, "data": args.data,
+               "seed": args.seed if args.data == "scenes" else None, "num_features": metric.num_features}
+    return _fid_finish(run_dir, results, caught)
+
+
+def _fid_score(args) -> dict:
+    import warnings
+
+    from gandissect.errors import BadValueError
+    from gandissect.data.latents import generated_batches
+    from gandissect.fid import feed, load_statistics
+    from gandissect.models.progan import load_generator
+    from gandissect.runs import start_run
+
+    stats = load_statistics(args.stats)
+    metric = _fid_backbone(args)
+    generator = load_generator(args.checkpoint).eval().to(args.device)
+    if stats["name"] is not None and stats["name"] != metric.name:
+        raise BadValueError(f"statistics file {args.stats} holds {stats['name']} statistics; backbone "
+                            f"{args.backbone!r} gives {metric.name}")
+    try:
+        metric.set_real_statistics(stats["mu"], stats["sigma"], count=stats["count"])
+    except BadValueError as err:
+        raise BadValueError(f"statistics file {args.stats}: {err}") from None
+    run_dir = start_run(args.name, {"command": "fid score", "checkpoint": str(args.checkpoint),
+                                    "stats": str(args.stats), "n": args.n, "seed": args.seed,
+                                    "backbone": args.backbone, "weights": args.weights, "segmenter": args.segmenter})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        feed(metric, generated_batches(generator, args.seed, args.n, args.batch_size), real=False,
+             total=args.n, desc=f"{metric.name} generated")
+        value = float(metric.compute())
+    results = {"metric": metric.name, "value": value, "n": args.n, "seed": args.seed,
+               "latent_indices": [0, args.n - 1], "checkpoint": str(args.checkpoint), "stats": str(args.stats),
+               "real_n": stats["count"]}
+    return _fid_finish(run_dir, results, caught)
 
 
 def _demo(args) -> dict:
@@ -97,19 +216,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_scenes)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("model", choices=["segmenter"])
+    p.add_argument("model", choices=["segmenter", "gan"])
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a model on held-out scenes; prints JSON")
-    p.add_argument("model", choices=["segmenter"])
+    eval_sub = p.add_subparsers(dest="model", required=True)
+    p = eval_sub.add_parser("segmenter", help="per-class IoU against the world's exact labels")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--name", default="eval-segmenter", help="run directory name under runs/")
     p.set_defaults(func=_eval)
+    p = eval_sub.add_parser("gan", help="class pixel shares and FD-scenes, generated vs real scenes")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=int, default=2000, help="generated and real scenes, each")
+    p.add_argument("--seed", type=int, default=0, help="latent seed")
+    p.add_argument("--real-seed", type=int, default=12345, help="world seed of the real scenes")
+    p.add_argument("--segmenter", default="checkpoints/scene_segmenter.safetensors")
+    p.add_argument("--name", default="eval-gan", help="run directory name under runs/")
+    p.set_defaults(func=_eval_gan)
+
+    p = sub.add_parser("generate", help="a grid of images from a generator for seeded latents")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="latent seed: the same seed gives the same images")
+    p.add_argument("--out", required=True, help="PNG file; the seed and settings go beside it as .json")
+    p.add_argument("--columns", type=int, default=8)
+    p.add_argument("--scale", type=int, default=2, help="enlarge pixels this many times")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("fid", help="Frechet distance: real-data statistics (.npz) and generator scores")
+    fid_sub = p.add_subparsers(dest="fid_command", required=True)
+    stats = fid_sub.add_parser("stats", help="feature statistics of real images, saved as pytorch-fid's .npz")
+    stats.add_argument("--data", default="scenes", help="'scenes' (the built-in world) or a folder of images")
+    stats.add_argument("--n", type=int, default=10000)
+    stats.add_argument("--seed", type=int, default=0, help="world seed (for --data scenes)")
+    stats.add_argument("--size", type=int, default=64, help="scene size (for --data scenes)")
+    stats.add_argument("--out", required=True, help="statistics file (.npz: mu, sigma)")
+    stats.add_argument("--name", default="fid-stats", help="run directory name under runs/")
+    score = fid_sub.add_parser("score", help="Frechet distance of a generator's images to saved statistics")
+    score.add_argument("--checkpoint", required=True, help="generator checkpoint")
+    score.add_argument("--stats", required=True, help="statistics file from `fid stats` or pytorch-fid")
+    score.add_argument("--n", type=int, default=10000, help="generated images")
+    score.add_argument("--seed", type=int, default=0, help="latent seed")
+    score.add_argument("--name", default="fid-score", help="run directory name under runs/")
+    for p in (stats, score):
+        p.add_argument("--backbone", default="scenes",
+                       help="scenes (FD-scenes), inception (FID, pytorch-fid's Inception) or package.module:factory")
+        p.add_argument("--weights", default=None,
+                       help="local pytorch-fid Inception weights file (default: pytorch-fid's download and cache)")
+        p.add_argument("--segmenter", default="checkpoints/scene_segmenter.safetensors")
+        p.add_argument("--batch-size", type=int, default=50)
+        p.add_argument("--device", default=None, help="default: cuda where available, else cpu")
+    stats.set_defaults(func=_fid_stats)
+    score.set_defaults(func=_fid_score)
     return parser
 
 

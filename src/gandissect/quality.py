@@ -12,19 +12,14 @@ import torch
 from tqdm import tqdm
 
 from gandissect.data import scenes
-from gandissect.data.latents import seeded_latents
+from gandissect.data.latents import generated_batches
 from gandissect.fid import scenes_fd
 from gandissect.io import image_grid
 
 
-@torch.no_grad()
 def generate(generator, seed: int, n: int, batch_size: int = 100, start: int = 0) -> torch.Tensor:
     """Images (n, 3, R, R) in [-1, 1] for latents start..start+n-1 of stream ``seed``."""
-    out, device = [], next(generator.parameters()).device
-    for first in range(start, start + n, batch_size):
-        z = seeded_latents(seed, min(batch_size, start + n - first), generator.latent_dim, start=first)
-        out.append(generator(z.to(device)).clamp(-1, 1))
-    return torch.cat(out)
+    return torch.cat(list(generated_batches(generator, seed, n, batch_size, start)))
 
 
 def sample_grid(generator, seed: int, n: int = 64, columns: int = 8) -> np.ndarray:

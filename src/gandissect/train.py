@@ -190,7 +190,7 @@ class GANModule(pl.LightningModule):
                                                                  self.cfg.model.resolution), batch_size=100)
         for images, _ in loader:
             reference.update(images.to(self.device), real=True)
-        self.fd.set_real_statistics(*reference.statistics(real=True))
+        self.fd.set_real_statistics(*reference.statistics(real=True, sync=False))  # each rank saw them all
 
     def _latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.G.latent_dim, generator=self._noise).to(self.device)
