@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from gandissect.config import GANTrainConfig, SegmenterTrainConfig, TrainerConfig, to_dict
 from gandissect.data import scenes
 from gandissect.data.latents import seeded_latents
-from gandissect.fid import scenes_fd
+from gandissect.fid import scene_batches, scenes_fd
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.models.progan import ProGANDiscriminator, ProGANGenerator
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
@@ -101,9 +101,12 @@ def machine_description() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def _resume_checkpoint(run_dir: Path, resume: bool) -> Path | None:
+def _resume_checkpoint(run_dir: Path, resume: bool) -> tuple[str | None, int]:
+    """(path for ``Trainer.fit(ckpt_path=...)``, its Lightning global_step) of the run's last checkpoint."""
     last = run_dir / "lightning" / "last.ckpt"
-    return last if resume and last.exists() else None
+    if not (resume and last.exists()):
+        return None, 0
+    return str(last), int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
 
 
 def _trainer(t: TrainerConfig, run_dir: Path, logger, max_steps: int, checkpoint_every: int,
@@ -132,10 +135,9 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
     logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
     trainer = _trainer(t, run_dir, logger, t.max_steps, t.val_check_interval,
                        val_check_interval=min(t.val_check_interval, t.max_steps), check_val_every_n_epoch=None)
-    resume_from = _resume_checkpoint(run_dir, cfg.resume)
-    resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
+    resume_from, resumed_step = _resume_checkpoint(run_dir, cfg.resume)
     start = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     wall = time.time() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     results = {
@@ -186,9 +188,7 @@ class GANModule(pl.LightningModule):
         if not mon.fd_every:
             return
         reference = scenes_fd(self.fd.backbone.segmenter).to(self.device)
-        loader = torch.utils.data.DataLoader(scenes.SceneDataset(mon.fd_real_seed, mon.fd_real_n,
-                                                                 self.cfg.model.resolution), batch_size=100)
-        for images, _ in loader:
+        for images in scene_batches(mon.fd_real_seed, mon.fd_real_n, self.cfg.model.resolution, batch_size=100):
             reference.update(images.to(self.device), real=True)
         self.fd.set_real_statistics(*reference.statistics(real=True, sync=False))  # each rank saw them all
 
@@ -297,11 +297,10 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
         t = dataclasses.replace(t, strategy="ddp_find_unused_parameters_true")
     # Lightning counts optimizer steps; one GAN step takes two (D and G).
     trainer = _trainer(t, run_dir, logger, 2 * t.max_steps, 2 * cfg.monitor.checkpoint_every, callbacks)
-    resume_from = _resume_checkpoint(run_dir, cfg.resume)
-    resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] // 2 \
-        if resume_from else 0
+    resume_from, resumed_optimizer_steps = _resume_checkpoint(run_dir, cfg.resume)
+    resumed_step = resumed_optimizer_steps // 2
     start = time.time()
-    trainer.fit(module, train_dataloaders=data, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from)
     wall = time.time() - start
     fd = module.evaluate_fd() if cfg.monitor.fd_every else None
     results = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import Dataset
 
 
 def seeded_latents(seed: int, n: int, dim: int, start: int = 0) -> torch.Tensor:
@@ -26,16 +25,3 @@ def generated_batches(generator: torch.nn.Module, seed: int, n: int, batch_size:
     for first in range(start, start + n, batch_size):
         z = seeded_latents(seed, min(batch_size, start + n - first), generator.latent_dim, start=first)
         yield generator(z.to(device)).clamp(-1, 1)
-
-
-class LatentDataset(Dataset):
-    """Latents 0..length-1 of stream ``seed`` (index, z) - for the Lightning runs that sample a generator."""
-
-    def __init__(self, seed: int, length: int, dim: int):
-        self.seed, self.length, self.dim = seed, length, dim
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        return index, seeded_latents(self.seed, 1, self.dim, start=index)[0]
