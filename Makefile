@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/segmenter_speed.py
 	$(VENV)/bin/python bench/train_speed.py
 	$(VENV)/bin/python bench/fid_speed.py
+	$(VENV)/bin/python bench/dissect_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -67,7 +67,8 @@ def test_eval_prints_json_and_keeps_it_in_the_run_directory(tmp_path):
 
 
 def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
-    done = gandissect("demo", "--set", "n=16", "--set", "stats_n=32", env_runs=tmp_path / "runs")
+    done = gandissect("demo", "--set", "n=16", "--set", "stats_n=32", "--set", "dissect_n=64",
+                      env_runs=tmp_path / "runs")
     assert done.returncode == 0, done.stderr[-2000:]
     run_dir = tmp_path / "runs" / "demo"
     html = (run_dir / "index.html").read_text()
@@ -75,10 +76,14 @@ def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
         assert linked in html and (run_dir / linked).exists()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["segmentation"]["n"] == 16
+    assert results["dissection"]["n"] == 64 and "dissect/index.html" in html
+    assert (run_dir / "dissect" / "dissect.json").is_file()
     from gandissect.runs import read_offline_history
 
-    rows = read_offline_history(run_dir)
+    rows = read_offline_history(run_dir / "wandb")  # the demo's own run; the dissection's is under dissect/
     assert rows and rows[0]["miou"] == pytest.approx(results["segmentation"]["miou"])
+    assert read_offline_history(run_dir / "dissect")[0]["layer4/interpretable_units"] == \
+        results["dissection"]["interpretable_units"]
 
 
 @pytest.fixture

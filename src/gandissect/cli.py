@@ -7,6 +7,7 @@
     gandissect eval segmenter --checkpoint PATH --n 1000 --seed 12345
     gandissect eval gan --checkpoint PATH --n 2000
     gandissect generate --checkpoint PATH --n 64 --seed 0 --out grid.png
+    gandissect dissect --config experiments/scenes/dissect.yaml [--layers layer3,layer4] [--n 1000]
     gandissect fid stats --data scenes --n 10000 --backbone scenes --out real.npz
     gandissect fid score --checkpoint PATH --stats real.npz --n 10000 [--backbone scenes]
 
@@ -190,6 +191,27 @@ def _fid_score(args) -> dict:
     return _fid_finish(run_dir, results, caught)
 
 
+def _dissect(args) -> dict:
+    from gandissect.config import DissectConfig, load_config
+    from gandissect.dissect import run_dissection
+
+    overrides = list(args.set)
+    if args.layers:
+        overrides.append(f"layers=[{args.layers}]")
+    if args.n is not None:
+        overrides.append(f"n={args.n}")
+    cfg = load_config(DissectConfig, args.config, overrides)
+    result = run_dissection(cfg)
+    if not result:  # a DDP process other than rank 0
+        return {}
+    from gandissect.runs import runs_root
+
+    return {"run_dir": str(runs_root() / cfg.name), "report": str(runs_root() / cfg.name / "index.html"),
+            "wall_s": result["timing"]["wall_s"],
+            "layers": {name: {"units": layer["units"], "interpretable_units": layer["interpretable_units"],
+                              "per_class": layer["per_class"]} for name, layer in result["layers"].items()}}
+
+
 def _demo(args) -> dict:
     from gandissect.config import DemoConfig, load_config
     from gandissect.demo import run_demo
@@ -205,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="experiments/scenes/demo.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("dissect", help="which units of a generator's layers draw which classes (writes runs/<name>/)")
+    p.add_argument("--config", default="experiments/scenes/dissect.yaml")
+    p.add_argument("--layers", default=None, help="comma-separated layer names (overrides the config)")
+    p.add_argument("--n", type=int, default=None, help="number of seeded latents (overrides the config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_dissect)
 
     p = sub.add_parser("scenes", help="draw scenes of the built-in world with their labels")
     p.add_argument("--n", type=int, default=64)

@@ -140,7 +140,47 @@ class DemoConfig:
     seed: int = 12345
     size: int = 64
     stats_n: int = 500
+    generator: str = "checkpoints/scene_gan_generator.safetensors"
+    dissect_layer: str = "layer4"
+    dissect_n: int = 1000          # latents for the dissection of the shipped GAN (0: skip it)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class DevicesConfig:
+    """Passed to ``pytorch_lightning.Trainer``: ``devices: 2, strategy: ddp`` splits the work over processes."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+
+
+@dataclass
+class DissectConfig:
+    name: str = "dissect"
+    generator: str = "checkpoints/scene_gan_generator.safetensors"
+    segmenter: str = "checkpoints/scene_segmenter.safetensors"
+    layers: list[str] = field(default_factory=lambda: ["layer4"])
+    n: int = 10000                 # seeded latents 0..n-1 of stream `seed`
+    seed: int = 0
+    batch_size: int = 32
+    quantile: float = 0.99         # per-unit threshold: this quantile of the unit's values over all samples
+    iou_threshold: float = 0.04    # a unit is interpretable for its best class when IoU > this
+    top_k: int = 8                 # top-activating images kept (and drawn) per unit
+    save_every: int = 25           # batches between saved tallies (what an interrupted run resumes from)
+    resume: bool = True            # continue from runs/<name>/tally.pt when an earlier run left one
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        if not 0 < self.quantile < 1:
+            raise ConfigError(f"quantile must be between 0 and 1, got {self.quantile}")
+        if self.n < 1 or self.batch_size < 1 or self.top_k < 1 or self.save_every < 1:
+            raise ConfigError("n, batch_size, top_k and save_every must be positive")
+        if isinstance(self.layers, str):
+            self.layers = [name.strip() for name in self.layers.split(",") if name.strip()]
+        if not self.layers:
+            raise ConfigError("layers: give at least one layer name")
 
 
 def _from_dict(cls, data: Any, where: str):

@@ -1,5 +1,6 @@
 """The main job on the built-in default, until the repair pipeline exists: draw the scene world,
-segment it with the shipped segmenter, and write a run directory with an HTML report."""
+segment it with the shipped segmenter, dissect a layer of the shipped scene GAN, and write a run
+directory with an HTML report."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     quality = {**iou_summary(metric, segmenter.classes), "n": cfg.n, "seed": cfg.seed, "size": cfg.size}
     stats = scenes.world_statistics(cfg.seed, cfg.stats_n, cfg.size)
     results = {"segmenter": cfg.segmenter, "segmentation": quality, "world": stats}
+    dissection_html = ""
+    if cfg.dissect_n > 0:
+        results["dissection"], dissection_html = _dissect(cfg, run_dir)
     write_json(run_dir / "results.json", results)
 
     rows = [[name, scenes.CATEGORIES[name], stats["classes"][name]["pixel_share"],
@@ -54,7 +58,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("Predicted labels", picture("labels_predicted.png", "the shipped segmenter's labels")),
         ("Classes", table(["class", "category", f"pixel share ({cfg.stats_n} scenes)", "presence rate", "IoU"],
                           html_rows)),
-    ])
+    ] + ([("Dissection of the shipped GAN", dissection_html)] if dissection_html else []))
 
     run = wandb_run(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
     if run is not None:
@@ -65,4 +69,31 @@ def run_demo(cfg: DemoConfig) -> dict:
                                         data=rows),
                  **{f"grid/{k[:-4]}": wandb.Image(v) for k, v in grids.items()}})
         run.finish()
-    return {"run_dir": str(run_dir), "miou": quality["miou"]}
+    summary = {"run_dir": str(run_dir), "miou": quality["miou"]}
+    if "dissection" in results:
+        d = results["dissection"]
+        summary["dissection"] = {k: d[k] for k in ("layer", "n", "units", "interpretable_units", "report")}
+    return summary
+
+
+def _dissect(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
+    """Dissect one layer of the shipped GAN into run_dir/dissect; returns its summary and a report section."""
+    from gandissect.config import DissectConfig
+    from gandissect.dissect import run_dissection
+
+    dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
+                         layers=[cfg.dissect_layer], n=cfg.dissect_n, resume=False, wandb=cfg.wandb)
+    layer = run_dissection(dcfg, run_dir=run_dir / "dissect")["layers"][cfg.dissect_layer]
+    best = sorted(layer["units_detail"], key=lambda u: -u["iou"])[:6]
+    rows = [[u["unit"], u["label"], u["category"], u["iou"], picture(f"dissect/{u['strip']}", width=700)]
+            for u in best]
+    html = (f"<p>{cfg.dissect_layer} of <code>{cfg.generator}</code> over {cfg.dissect_n} latents: "
+            f"<b>{layer['interpretable_units']}</b> of {layer['units']} units have IoU &gt; "
+            f"{dcfg.iou_threshold} with a class. Every unit: <a href='dissect/index.html'>dissect/index.html</a>, "
+            "<a href='dissect/dissect.json'>dissect.json</a>.</p>"
+            + picture(f"dissect/{layer['chart']}", "interpretable units per class")
+            + table(["unit", "label", "category", "IoU", "top images (region outlined)"], rows))
+    summary = {"layer": cfg.dissect_layer, "n": cfg.dissect_n, "units": layer["units"],
+               "interpretable_units": layer["interpretable_units"], "per_class": layer["per_class"],
+               "report": "dissect/index.html"}
+    return summary, html

@@ -66,3 +66,24 @@ def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray
         r, c = divmod(i, columns)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = tile
     return grid
+
+
+def sha256_file(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def figure_array(fig) -> np.ndarray:
+    """A matplotlib figure as an (H, W, 3) uint8 picture; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.canvas.draw()
+    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return picture

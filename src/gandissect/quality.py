@@ -14,7 +14,7 @@ from tqdm import tqdm
 from gandissect.data import scenes
 from gandissect.data.latents import generated_batches
 from gandissect.fid import scenes_fd
-from gandissect.io import image_grid
+from gandissect.io import figure_array, image_grid
 
 
 def generate(generator, seed: int, n: int, batch_size: int = 100, start: int = 0) -> torch.Tensor:
@@ -78,8 +78,4 @@ def shares_chart(result: dict) -> np.ndarray:
     ax.set_ylabel("pixel share (%)")
     ax.set_title(f"class pixel shares by the scene segmenter; FD-scenes {result['fd_scenes']:.3f}")
     ax.legend()
-    fig.tight_layout()
-    fig.canvas.draw()
-    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return picture
+    return figure_array(fig)

@@ -1,0 +1,409 @@
+"""Dissection: which units of a generator's layers draw which classes (GAN Dissection, step 1).
+
+Two passes over seeded latents 0..n-1, each a ``Trainer.validate`` run, so ``devices: N, strategy: ddp``
+splits the batches over processes and torchmetrics sums their tallies:
+
+1. **quantile**: only the generator up to the deepest dissected layer runs. Per unit, a histogram of
+   all its values (``UnitQuantile``, bins calibrated beforehand on the first samples, identically on
+   every process) and the top-k samples by maximum activation (``UnitTopK``).
+2. **iou**: generator and segmenter. Each unit's map, upsampled (bilinear) to the segmentation's
+   resolution and thresholded at its 0.99 quantile, is counted against every class (``UnitClassIoU``).
+
+Every ``save_every`` batches the processes' tallies are summed and written to ``tally.pt`` with the
+batches they cover; a rerun with the same settings resumes from there. ``dissect.json`` and the
+report are written at the end (see the README for the schema).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from gandissect.config import DissectConfig, to_dict
+from gandissect.data.latents import seeded_latents
+from gandissect.errors import GandissectError
+from gandissect.io import atomic_path, sha256_file
+from gandissect.nethook import NetHook
+from gandissect.stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges
+
+BINS = 1024
+CALIBRATION_VALUES = 65536  # per unit: enough for ~64 calibration values in each bin
+
+
+class LatentBatches(Dataset):
+    """Item i: batch ``batch_ids[i]`` of the run, as (batch id, sample indices, latents)."""
+
+    def __init__(self, seed: int, dim: int, n: int, batch_size: int, batch_ids: list[int]):
+        self.seed, self.dim, self.n, self.batch_size, self.batch_ids = seed, dim, n, batch_size, batch_ids
+
+    def __len__(self) -> int:
+        return len(self.batch_ids)
+
+    def __getitem__(self, i: int):
+        start = self.batch_ids[i] * self.batch_size
+        count = min(self.batch_size, self.n - start)
+        return self.batch_ids[i], torch.arange(start, start + count), seeded_latents(self.seed, count, self.dim, start)
+
+
+def _key(layer: str) -> str:
+    return layer.replace(".", "__")  # ModuleDict keys may not contain dots
+
+
+def layer_shapes(generator: nn.Module, layers: list[str]) -> dict[str, tuple[int, ...]]:
+    """(units, h, w) of each layer's output, from one latent, in the order the forward pass reaches them."""
+    with torch.no_grad(), NetHook(generator, layers) as hook:
+        hook(torch.zeros(1, generator.latent_dim))
+        silent = [name for name in layers if name not in hook.retained]
+        if silent:
+            raise GandissectError(f"layer(s) {', '.join(silent)} did not run in the generator's forward pass; "
+                                  f"the layers that ran: {', '.join(hook.retained) or 'none'}")
+        return {name: tuple(output.shape[1:]) for name, output in hook.retained.items()}
+
+
+@torch.no_grad()
+def calibrate(generator: nn.Module, layer: str, seed: int, n: int, batch_size: int) -> torch.Tensor:
+    """Bin edges for ``layer``'s units from its values on the first latents of the run (same on every process)."""
+    units, *spatial = layer_shapes(generator, [layer])[layer]
+    count = min(n, max(batch_size, math.ceil(CALIBRATION_VALUES / math.prod(spatial))))
+    parts = []
+    with NetHook(generator, [layer], stop_after=layer) as hook:
+        for start in range(0, count, batch_size):
+            z = seeded_latents(seed, min(batch_size, count - start), generator.latent_dim, start)
+            hook(z.to(next(generator.parameters()).device))
+            parts.append(hook.retained[layer].transpose(0, 1).reshape(units, -1).float().cpu())
+    return calibrated_edges(torch.cat(parts, dim=1), bins=BINS)
+
+
+class DissectModule(pl.LightningModule):
+    """Runs the two passes of a dissection; ``run_dissection`` drives it."""
+
+    def __init__(self, generator: nn.Module, segmenter, cfg: DissectConfig, tally_path: Path,
+                 generator_id: str | None = None):
+        super().__init__()
+        self.generator_id = generator_id or sha256_file(cfg.generator)
+        self.segmenter_id = sha256_file(cfg.segmenter)
+        self.generator = generator.eval().requires_grad_(False)
+        self.segmenter = segmenter.eval().requires_grad_(False)
+        self.cfg, self.tally_path = cfg, Path(tally_path)
+        self.layers = list(cfg.layers)
+        self.shapes = layer_shapes(generator, self.layers)
+        self.deepest = list(self.shapes)[-1]  # the quantile pass stops there
+        classes = len(segmenter.classes)
+        self.quantiles = nn.ModuleDict({_key(n): UnitQuantile(torch.zeros(s[0], BINS)) for n, s in self.shapes.items()})
+        self.topk = nn.ModuleDict({_key(n): UnitTopK(s[0], cfg.top_k) for n, s in self.shapes.items()})
+        self.iou = nn.ModuleDict({_key(n): UnitClassIoU(s[0], classes) for n, s in self.shapes.items()})
+        self.phase = "quantile"
+        self.done: list[int] = []          # batches tallied in the current phase, over all processes
+        self.thresholds: dict[str, torch.Tensor] = {}
+        self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._calibrated = False
+        self._loaded = False
+        self._started, self._elapsed_before = time.perf_counter(), 0.0
+        self._hook: NetHook | None = None
+
+    # --- the tally file ---------------------------------------------------------------------------
+    def settings(self) -> dict:
+        c = self.cfg
+        return {"layers": self.layers, "n": c.n, "seed": c.seed, "batch_size": c.batch_size, "quantile": c.quantile,
+                "top_k": c.top_k, "generator_sha256": self.generator_id,
+                "segmenter_sha256": self.segmenter_id}
+
+    def _metric_states(self, group: nn.ModuleDict) -> dict:
+        # Metric._defaults names every state declared with add_state
+        return {k: {name: getattr(m, name).detach().cpu().clone() for name in m._defaults} for k, m in group.items()}
+
+    def _synced_states(self) -> dict:
+        """The tallies of the current phase summed over processes (a collective: every process calls it)."""
+        groups = {"quantiles": self.quantiles, "topk": self.topk} if self.phase == "quantile" else {"iou": self.iou}
+        with contextlib.ExitStack() as stack:
+            for group in groups.values():
+                for metric in group.values():
+                    stack.enter_context(metric.sync_context())
+            return {name: self._metric_states(group) for name, group in groups.items()}
+
+    def save_tally(self, states: dict | None = None) -> None:
+        """Write the summed tallies and the batches they cover (rank 0 writes; every process must call it)."""
+        states = self._synced_states() if states is None else states
+        if self.global_rank != 0:
+            return
+        tally = {"settings": self.settings(), "phase": self.phase, "done": sorted(self.done), "states": states,
+                 "elapsed_s": self.elapsed_s(),
+                 "edges": {k: m.edges.cpu() for k, m in self.quantiles.items()},
+                 "thresholds": {k: v.cpu() for k, v in self.thresholds.items()},
+                 "top": {k: (s.cpu(), i.cpu()) for k, (s, i) in self.top.items()}}
+        with atomic_path(self.tally_path) as tmp:
+            torch.save(tally, tmp)
+
+    def load_tally(self) -> None:
+        """Pick up an earlier run's tally: every process takes the phase and what is done, rank 0 the counts."""
+        if not self.cfg.resume or not self.tally_path.exists():
+            return
+        try:
+            tally = torch.load(self.tally_path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise GandissectError(f"cannot read the saved tally {self.tally_path} ({err}); delete it or set "
+                                  "resume=false to start over") from None
+        if tally["settings"] != self.settings():
+            raise GandissectError(f"{self.tally_path} was tallied with other settings ({tally['settings']}); "
+                                  "use another run name, or resume=false to start over")
+        self.phase, self.done = tally["phase"], list(tally["done"])
+        for key, edges in tally["edges"].items():
+            self.quantiles[key].edges.copy_(edges)
+        self._calibrated = True
+        self.thresholds = dict(tally["thresholds"])
+        self._elapsed_before = float(tally.get("elapsed_s", 0.0))
+        self.top = {k: tuple(v) for k, v in tally["top"].items()}
+        if self.phase == "done":
+            self.counts = tally["states"]["iou"]
+        elif self.global_rank == 0:  # the other processes start from zero, so the sum counts everything once
+            for group_name, states in tally["states"].items():
+                for key, state in states.items():
+                    metric = getattr(self, group_name)[key]
+                    for name, value in state.items():
+                        setattr(metric, name, value.to(getattr(metric, name).device))
+
+    # --- Lightning hooks --------------------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Seconds spent on this dissection so far, over every attempt (a resumed run adds to it)."""
+        if self.phase == "done":
+            return self._elapsed_before
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    def setup(self, stage: str) -> None:
+        if not self._loaded:
+            self.load_tally()
+            self._loaded = True
+        if not self._calibrated:
+            for name in self.layers:
+                self.quantiles[_key(name)].edges.copy_(
+                    calibrate(self.generator, name, self.cfg.seed, self.cfg.n, self.cfg.batch_size))
+            self._calibrated = True
+
+    def _pending(self) -> list[int]:
+        done = set(self.done)
+        return [b for b in range(math.ceil(self.cfg.n / self.cfg.batch_size)) if b not in done]
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self.global_rank, self.trainer.world_size
+        pending = self._pending()
+        self._mine = pending[rank::world]
+        self._save_points = len(pending) // world  # every process reaches these batch counts
+        self._others = [pending[r::world] for r in range(world)]
+        data = LatentBatches(self.cfg.seed, self.generator.latent_dim, self.cfg.n, self.cfg.batch_size, self._mine)
+        return DataLoader(data, batch_size=None, shuffle=False)
+
+    def on_validation_start(self) -> None:
+        self._hook = NetHook(self.generator, self.layers)
+        self._count = 0
+
+    def validation_step(self, batch, batch_idx):
+        _, indices, z = batch
+        if self.phase == "quantile":
+            self._hook.stop_after = self.deepest
+            self._hook(z)
+            for name in self.layers:
+                r = self._hook.retained[name]
+                self.quantiles[_key(name)].update(r)
+                self.topk[_key(name)].update(r.flatten(2).amax(dim=2) if r.dim() > 2 else r, indices)
+        else:
+            self._hook.stop_after = None
+            images = self._hook(z).clamp(-1, 1)
+            labels = self.segmenter.labels(images)
+            for name in self.layers:
+                r = self._hook.retained[name]
+                self.iou[_key(name)].update_upsampled(r, self.thresholds[_key(name)].to(r.device), labels)
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count += 1
+        if self._count % self.cfg.save_every == 0 and self._count <= self._save_points:
+            self.done = sorted(set(self.done).union(*(mine[:self._count] for mine in self._others)))
+            self.save_tally()
+
+    def on_validation_end(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # --- the ends of the passes (collectives: every process calls them) -------------------------
+    def finish_quantile_phase(self) -> None:
+        """Thresholds and top-k from the summed tallies; the IoU pass starts."""
+        for name in self.layers:
+            key = _key(name)
+            with self.quantiles[key].sync_context():
+                self.thresholds[key] = self.quantiles[key].quantile(self.cfg.quantile)
+            self.top[key] = self.topk[key].compute()
+        self.phase, self.done = "iou", []
+        self.save_tally()
+
+    def finish_iou_phase(self) -> None:
+        self.counts = self._synced_states()["iou"]
+        self._elapsed_before = self.elapsed_s()
+        self.phase, self.done = "done", list(range(math.ceil(self.cfg.n / self.cfg.batch_size)))
+        self.save_tally({"iou": self.counts})
+
+
+class PassProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's progress bar, naming the dissection pass instead of "Validation"."""
+
+    @property
+    def validation_description(self) -> str:
+        return f"dissect ({self.trainer.lightning_module.phase} pass)"
+
+
+# --- the run ----------------------------------------------------------------------------------------
+def summarize(counts: dict, classes: tuple[str, ...], categories: dict[str, str], iou_threshold: float) -> dict:
+    """Per unit: best class (IoU over all images) and whether it is interpretable; per layer: counts per class."""
+    inter, unit_area, class_area = (counts[k].double() for k in ("intersection", "unit_area", "class_area"))
+    union = unit_area[:, None] + class_area[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+    best_iou, best = iou[:, 1:].max(dim=1)
+    units, per_class, per_category = [], {}, {}
+    for u in range(len(best)):
+        label = classes[int(best[u]) + 1]
+        ok = bool(best_iou[u] > iou_threshold)
+        units.append({"unit": u, "label": label, "category": categories.get(label), "iou": round(float(best_iou[u]), 6),
+                      "interpretable": ok, "intersection": int(inter[u, best[u] + 1]),
+                      "union": int(union[u, best[u] + 1])})
+        if ok:
+            per_class[label] = per_class.get(label, 0) + 1
+            per_category[categories.get(label)] = per_category.get(categories.get(label), 0) + 1
+    return {"units": len(units), "interpretable_units": sum(u["interpretable"] for u in units),
+            "per_class": per_class, "per_category": per_category, "units_detail": units,
+            "iou_by_class": {c: [round(float(v), 6) for v in iou[:, i]] for i, c in enumerate(classes) if i}}
+
+
+@torch.no_grad()
+def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor, seed: int,
+                out_dir: Path, batch_size: int = 64) -> list[str]:
+    """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths."""
+    from gandissect.data import scenes
+    from gandissect.io import save_image
+    from gandissect.report.dissection import unit_strip
+
+    wanted = sorted({int(i) for i in top_indices.flatten() if i >= 0})
+    units_of = {}  # sample -> the units that have it among their top images
+    for unit, row in enumerate(top_indices.tolist()):
+        for i in row:
+            units_of.setdefault(i, []).append(unit)
+    images, masks = {}, {}  # only the masks that are drawn: memory bounded by units x top_k, not by samples
+    with NetHook(generator, [layer]) as hook:
+        for start in range(0, len(wanted), batch_size):
+            chunk = wanted[start:start + batch_size]
+            z = torch.cat([seeded_latents(seed, 1, generator.latent_dim, i) for i in chunk])
+            x = hook(z).clamp(-1, 1)
+            r = hook.retained[layer].float()
+            for i, image, maps in zip(chunk, scenes.to_uint8(x), r):
+                images[i] = image
+                units = torch.tensor(units_of[i])
+                up = torch.nn.functional.interpolate(maps[units][None], size=x.shape[-2:], mode="bilinear",
+                                                     align_corners=False)[0]
+                for unit, m in zip(units_of[i], up > thresholds[units][:, None, None]):
+                    masks[i, unit] = m
+    paths = []
+    for unit, row in enumerate(top_indices.tolist()):
+        row = [i for i in row if i >= 0]
+        path = out_dir / f"unit{unit:03d}.png"
+        save_image(path, unit_strip(np.stack([images[i] for i in row]), torch.stack([masks[i, unit] for i in row])))
+        paths.append(path)
+    return paths
+
+
+def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: nn.Module | None = None,
+                   segmenter=None, callbacks: list = ()) -> dict:
+    """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
+    from gandissect.models.progan import load_generator
+    from gandissect.models.segmenter import SceneSegmenter
+    from gandissect.runs import start_run
+
+    run_dir = start_run(cfg.name, cfg, root=run_dir)
+    generator_id = None if generator is None else f"module {type(generator).__name__}"
+    generator = load_generator(cfg.generator) if generator is None else generator
+    segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
+    module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id)
+    d = cfg.devices
+    trainer = pl.Trainer(accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
+                         default_root_dir=str(run_dir), callbacks=[PassProgressBar(), *callbacks])
+    start = time.perf_counter()
+    trainer.validate(module, verbose=False)  # the phase an earlier run stopped in, else the quantile pass
+    if module.phase == "quantile":
+        module.finish_quantile_phase()
+        trainer.validate(module, verbose=False)
+    if module.phase == "iou":
+        module.finish_iou_phase()
+    wall = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+    return write_outputs(module, cfg, run_dir, wall, trainer.world_size)
+
+
+def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall: float, world_size: int) -> dict:
+    from gandissect.io import save_image, write_json
+    from gandissect.report.dissection import layer_chart, layers_chart, write_dissection_report
+    from gandissect.train import machine_description
+
+    segmenter, generator = module.segmenter, module.generator.cpu()
+    classes, categories = tuple(segmenter.classes), dict(segmenter.categories)
+    result = {
+        "settings": {"generator": cfg.generator, "segmenter": cfg.segmenter, **module.settings(),
+                     "iou_threshold": cfg.iou_threshold, "segmentation_size": None, "processes": world_size},
+        "classes": list(classes[1:]), "categories": {c: categories.get(c) for c in classes[1:]},
+        "layers": {},
+        "timing": {"wall_s": round(module.elapsed_s(), 1), "this_run_s": round(wall, 1),
+                   "machine": machine_description()},
+    }
+    for name in module.layers:
+        key = _key(name)
+        counts = module.counts[key]
+        summary = summarize(counts, classes, categories, cfg.iou_threshold)
+        thresholds, (top_scores, top_indices) = module.thresholds[key], module.top[key]
+        strip_dir = run_dir / "strips" / name
+        strips = draw_strips(generator, name, thresholds, top_indices, cfg.seed, strip_dir)
+        for u, unit in enumerate(summary["units_detail"]):
+            unit.update({"threshold": round(float(thresholds[u]), 6),
+                         "top_images": [int(i) for i in top_indices[u] if i >= 0],
+                         "top_scores": [round(float(v), 5) for v, i in zip(top_scores[u], top_indices[u]) if i >= 0],
+                         "strip": str(strips[u].relative_to(run_dir))})
+        chart = run_dir / f"chart_{name}.png"
+        save_image(chart, layer_chart(name, summary, categories, cfg.iou_threshold))
+        result["layers"][name] = {"shape": list(module.shapes[name]), "chart": chart.name, **summary}
+    with torch.no_grad():
+        probe = module.generator(torch.zeros(1, module.generator.latent_dim))
+    result["settings"]["segmentation_size"] = int(probe.shape[-1])
+    write_json(run_dir / "dissect.json", result)
+    if len(result["layers"]) > 1:
+        save_image(run_dir / "chart_layers.png", layers_chart(result))
+    write_dissection_report(run_dir, result)
+    log_to_wandb(run_dir, cfg, result)
+    return result
+
+
+def log_to_wandb(run_dir: Path, cfg: DissectConfig, result: dict) -> None:
+    from gandissect.runs import wandb_run
+
+    run = wandb_run(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
+    if run is None:
+        return
+    import wandb
+
+    rows = [[name, u["unit"], u["label"], u["category"], u["iou"], u["threshold"], u["interpretable"]]
+            for name, layer in result["layers"].items() for u in layer["units_detail"]]
+    logged = {"units": wandb.Table(columns=["layer", "unit", "label", "category", "iou", "threshold",
+                                            "interpretable"], data=rows)}
+    for name, layer in result["layers"].items():
+        logged[f"{name}/interpretable_units"] = layer["interpretable_units"]
+        logged[f"{name}/chart"] = wandb.Image(str(run_dir / layer["chart"]))
+        best = sorted(layer["units_detail"], key=lambda u: -u["iou"])[:8]
+        logged[f"{name}/top_units"] = [wandb.Image(str(run_dir / u["strip"]),
+                                                   caption=f"unit {u['unit']}: {u['label']} IoU {u['iou']:.3f}")
+                                       for u in best]
+    run.log(logged)
+    run.finish()

@@ -1,0 +1,181 @@
+"""Dissection: a planted unit is found, an interrupted run resumes to the same result, 2 processes = 1 process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gandissect  # noqa: F401
+from gandissect.config import DissectConfig, load_config
+from gandissect.data import scenes
+from gandissect.data.latents import seeded_latents
+from gandissect.dissect import run_dissection
+from gandissect.errors import GandissectError
+from gandissect.models.progan import load_generator
+from gandissect.models.segmenter import SceneSegmenter
+from gandissect.runs import read_offline_history
+
+from .conftest import REPO, SHIPPED_SEGMENTER, console_script
+
+SHIPPED_GAN = REPO / "checkpoints" / "scene_gan_generator.safetensors"
+TREE = scenes.CLASSES.index("tree")
+
+
+class PlantedTreeGenerator(nn.Module):
+    """The shipped generator plus a 16-unit layer ``planted`` computed from its own output: unit 7 is the
+    share of 'tree' pixels (by the segmenter) in each ``factor`` x ``factor`` cell; the other units mix
+    the image's colours, so they correlate with sky, grass and the rest."""
+
+    def __init__(self, generator, segmenter, factor: int):
+        super().__init__()
+        self.generator, self.segmenter, self.factor = generator, segmenter, factor
+        self.latent_dim = generator.latent_dim
+        self.planted = nn.Identity()
+        self.register_buffer("mix", torch.randn(15, 3, generator=torch.Generator().manual_seed(0)))
+
+    def tree_mask(self, images):
+        return (self.segmenter.labels(images) == TREE).any(dim=1, keepdim=True).float()
+
+    def forward(self, z):
+        images = self.generator(z).clamp(-1, 1)
+        small = F.avg_pool2d(self.tree_mask(images), self.factor)
+        colours = torch.einsum("uc,nchw->nuhw", self.mix, F.avg_pool2d(images, self.factor))
+        self.planted(torch.cat([colours[:, :7], small, colours[:, 7:]], dim=1))
+        return images
+
+
+def _config(name, **values):
+    overrides = [f"name={name}", f"generator={SHIPPED_GAN}", f"segmenter={SHIPPED_SEGMENTER}", "wandb.mode=disabled",
+                 "batch_size=32", "top_k=4"]
+    overrides += [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in values.items()]
+    return load_config(DissectConfig, None, overrides)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_generator(SHIPPED_GAN).eval(), SceneSegmenter.load(SHIPPED_SEGMENTER)
+
+
+def _tree_ious(generator, segmenter, tmp_path, quantile):
+    cfg = _config(f"planted{generator.factor}", layers=["planted"], n=128, quantile=quantile)
+    layer = run_dissection(cfg, tmp_path / cfg.name / str(quantile), generator=generator,
+                           segmenter=segmenter)["layers"]["planted"]
+    return layer["units_detail"][7], layer["iou_by_class"]["tree"]
+
+
+def test_planted_tree_unit_is_the_top_tree_unit(shipped, tmp_path):
+    generator, segmenter = shipped
+    with torch.no_grad():
+        images = generator(seeded_latents(0, 128, generator.latent_dim)).clamp(-1, 1)
+        share = float((segmenter.labels(images) == TREE).any(dim=1).float().mean())
+    assert 0.005 < share < 0.2  # the shipped GAN draws trees
+    # the quantile at which a perfect tree unit covers the tree pixels: just below 1 - share, so that the
+    # threshold falls on the unit's zeros and not on its ones
+    matched = round(1 - 1.02 * share, 5)
+
+    # at the segmentation's resolution, with the threshold matched to the tree share, the mask is the tree mask
+    unit7, tree_iou = _tree_ious(PlantedTreeGenerator(generator, segmenter, 1), segmenter, tmp_path, matched)
+    assert unit7["label"] == "tree" and unit7["iou"] >= 0.95, unit7
+    assert max(range(16), key=tree_iou.__getitem__) == 7 and sorted(tree_iou)[-2] < 0.5
+
+    # downsampled 2x, bilinear upsampling cannot redraw thin trunks and branches: the best any threshold
+    # reaches on these images is ~0.75 (see the issue note); the unit is still by far the top tree unit
+    planted2 = PlantedTreeGenerator(generator, segmenter, 2)
+    unit7, tree_iou = _tree_ious(planted2, segmenter, tmp_path, matched)
+    assert unit7["label"] == "tree" and unit7["iou"] >= 0.65, unit7
+    assert max(range(16), key=tree_iou.__getitem__) == 7 and sorted(tree_iou)[-2] < 0.5
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_callback(phase, batches):
+    import pytorch_lightning as pl
+
+    class _Crash(pl.Callback):
+        seen = 0
+
+        def on_validation_batch_end(self, trainer, module, *args, **kwargs):
+            if module.phase == phase:
+                self.seen += 1
+                if self.seen == batches:
+                    raise Crash(f"simulated crash in the {phase} pass")
+
+    return _Crash()
+
+
+@pytest.mark.parametrize("phase", ["quantile", "iou"])
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, phase):
+    settings = dict(layers=["layer3", "layer5"], n=160, save_every=2)
+    whole = run_dissection(_config("whole", **settings), tmp_path / "whole")
+    with pytest.raises(Crash):
+        run_dissection(_config("cut", **settings), tmp_path / "cut", callbacks=[_crash_callback(phase, 3)])
+    tally = torch.load(tmp_path / "cut" / "tally.pt", weights_only=True)
+    assert tally["phase"] == phase and tally["done"] == [0, 1]  # saved after 2 batches, crashed in the 3rd
+    assert not (tmp_path / "cut" / "dissect.json").exists()
+    resumed = run_dissection(_config("cut", **settings), tmp_path / "cut")
+    for name in settings["layers"]:
+        assert resumed["layers"][name]["units_detail"] == whole["layers"][name]["units_detail"]
+        assert resumed["layers"][name]["iou_by_class"] == whole["layers"][name]["iou_by_class"]
+    # a finished run reruns from its tally without computing anything again
+    again = run_dissection(_config("cut", **settings), tmp_path / "cut", callbacks=[_crash_callback("iou", 1)])
+    assert again["layers"] == resumed["layers"]
+    # other settings on the same run directory are refused by name instead of mixing tallies
+    with pytest.raises(GandissectError, match="other settings"):
+        run_dissection(_config("cut", layers=["layer3"], n=96), tmp_path / "cut")
+
+
+def test_two_ddp_processes_give_the_same_counts_and_labels_as_one(tmp_path):
+    script = REPO / "tests" / "dissect_ddp_script.py"
+    for devices in (1, 2):
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"p{devices}"), str(devices)], check=True,
+                       cwd=REPO, timeout=300)
+    one, two = (torch.load(tmp_path / f"p{d}" / "tally.pt", weights_only=True) for d in (1, 2))
+    assert one["phase"] == two["phase"] == "done"
+    for key, counts in one["states"]["iou"].items():
+        for name, value in counts.items():
+            assert torch.equal(value, two["states"]["iou"][key][name]), (key, name)
+    assert all(torch.equal(one["thresholds"][k], two["thresholds"][k]) for k in one["thresholds"])
+    assert all(torch.equal(one["top"][k][1], two["top"][k][1]) for k in one["top"])
+    a, b = (json.loads((tmp_path / f"p{d}" / "dissect.json").read_text()) for d in (1, 2))
+    assert b["settings"]["processes"] == 2
+    assert a["layers"]["layer4"]["units_detail"] == b["layers"]["layer4"]["units_detail"]
+    assert a["layers"]["layer4"]["interpretable_units"] > 0
+
+
+def _gandissect(*args):
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_dissect_command_writes_json_report_strips_chart_and_wandb(isolated_runs):
+    run = _gandissect("dissect", "--config", "experiments/scenes/dissect.yaml", "--layers", "layer3,layer4",
+                      "--n", "64", "--set", "name=cli-dissect", "--set", "top_k=3")
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    run_dir = isolated_runs / "cli-dissect"
+    result = json.loads((run_dir / "dissect.json").read_text())
+    assert result["settings"]["n"] == 64 and result["settings"]["layers"] == ["layer3", "layer4"]
+    for name in ("layer3", "layer4"):
+        layer = result["layers"][name]
+        assert layer["shape"] == [128, 8, 8] and len(layer["units_detail"]) == 128
+        assert summary["layers"][name]["interpretable_units"] == layer["interpretable_units"]
+        assert sum(layer["per_class"].values()) == layer["interpretable_units"]
+        unit = layer["units_detail"][0]
+        assert set(unit) >= {"unit", "label", "category", "iou", "threshold", "top_images", "strip", "interpretable"}
+        assert len(unit["top_images"]) == 3 and (run_dir / unit["strip"]).is_file()
+        assert (run_dir / layer["chart"]).is_file()
+    assert "strips/layer4/unit127.png" in (run_dir / "index.html").read_text()
+    assert (run_dir / "chart_layers.png").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    rows = read_offline_history(run_dir)
+    assert rows and rows[0]["layer4/interpretable_units"] == result["layers"]["layer4"]["interpretable_units"]
+    assert rows[0]["units"]["_type"] == "table-file"
+
+    bad = _gandissect("dissect", "--layers", "layer99", "--n", "32")
+    assert bad.returncode == 2
+    assert "unknown layer 'layer99'" in bad.stderr and "layer4" in bad.stderr and len(bad.stderr.splitlines()) == 1
