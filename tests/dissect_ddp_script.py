@@ -11,13 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(run_dir: str, devices: int) -> None:
-    cfg = load_config(DissectConfig, None, [
-        f"generator={REPO / 'checkpoints/scene_gan_generator.safetensors'}",
-        f"segmenter={REPO / 'checkpoints/scene_segmenter.safetensors'}",
-        "layers=[layer4]", "n=200", "batch_size=16", "top_k=4", "save_every=3", "wandb.mode=disabled",
-        "devices.accelerator=cpu", f"devices.devices={devices}",
-        f"devices.strategy={'ddp' if devices > 1 else 'auto'}"])
-    run_dissection(cfg, run_dir=Path(run_dir))
+    common = [f"generator={REPO / 'checkpoints/scene_gan_generator.safetensors'}",
+              f"segmenter={REPO / 'checkpoints/scene_segmenter.safetensors'}", "layers=[layer4]", "top_k=4",
+              "wandb.mode=disabled", "devices.accelerator=cpu", f"devices.devices={devices}",
+              f"devices.strategy={'ddp' if devices > 1 else 'auto'}"]
+    # 13 batches: saved tallies are summed mid-pass (save_every=3), and one process gets a batch more
+    run_dissection(load_config(DissectConfig, None, common + ["n=200", "batch_size=16", "save_every=3"]),
+                   run_dir=Path(run_dir))
+    # a single batch: with two processes, one of them has no batch at all
+    run_dissection(load_config(DissectConfig, None, common + ["n=16", "batch_size=16"]),
+                   run_dir=Path(f"{run_dir}-tiny"))
 
 
 if __name__ == "__main__":

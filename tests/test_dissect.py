@@ -113,21 +113,29 @@ def _crash_callback(phase, batches):
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, phase):
     settings = dict(layers=["layer3", "layer5"], n=160, save_every=2)
     whole = run_dissection(_config("whole", **settings), tmp_path / "whole")
+    generator = load_generator(SHIPPED_GAN).eval()
     with pytest.raises(Crash):
-        run_dissection(_config("cut", **settings), tmp_path / "cut", callbacks=[_crash_callback(phase, 3)])
+        run_dissection(_config("cut", **settings), tmp_path / "cut", generator=generator,
+                       callbacks=[_crash_callback(phase, 3)])
+    assert not any(m._forward_hooks for m in generator.modules())  # the crash left no hooks behind
     tally = torch.load(tmp_path / "cut" / "tally.pt", weights_only=True)
     assert tally["phase"] == phase and tally["done"] == [0, 1]  # saved after 2 batches, crashed in the 3rd
     assert not (tmp_path / "cut" / "dissect.json").exists()
-    resumed = run_dissection(_config("cut", **settings), tmp_path / "cut")
+    resumed = run_dissection(_config("cut", **settings), tmp_path / "cut", generator=generator)
     for name in settings["layers"]:
         assert resumed["layers"][name]["units_detail"] == whole["layers"][name]["units_detail"]
         assert resumed["layers"][name]["iou_by_class"] == whole["layers"][name]["iou_by_class"]
     # a finished run reruns from its tally without computing anything again
-    again = run_dissection(_config("cut", **settings), tmp_path / "cut", callbacks=[_crash_callback("iou", 1)])
+    again = run_dissection(_config("cut", **settings), tmp_path / "cut", generator=generator,
+                           callbacks=[_crash_callback("iou", 1)])
     assert again["layers"] == resumed["layers"]
     # other settings on the same run directory are refused by name instead of mixing tallies
+    config_before = (tmp_path / "cut" / "config.yaml").read_text()
     with pytest.raises(GandissectError, match="other settings"):
-        run_dissection(_config("cut", layers=["layer3"], n=96), tmp_path / "cut")
+        run_dissection(_config("cut", layers=["layer3"], n=96), tmp_path / "cut", generator=generator)
+    with pytest.raises(GandissectError, match="other settings"):  # other weights: the file's, not this module's
+        run_dissection(_config("cut", **settings), tmp_path / "cut")
+    assert (tmp_path / "cut" / "config.yaml").read_text() == config_before  # a refused run writes nothing
 
 
 def test_two_ddp_processes_give_the_same_counts_and_labels_as_one(tmp_path):
@@ -135,6 +143,9 @@ def test_two_ddp_processes_give_the_same_counts_and_labels_as_one(tmp_path):
     for devices in (1, 2):
         subprocess.run([sys.executable, str(script), str(tmp_path / f"p{devices}"), str(devices)], check=True,
                        cwd=REPO, timeout=300)
+    # one batch for two processes: the second has nothing to do and the run still completes
+    tiny = [json.loads((tmp_path / f"p{d}-tiny" / "dissect.json").read_text()) for d in (1, 2)]
+    assert tiny[0]["layers"]["layer4"]["units_detail"] == tiny[1]["layers"]["layer4"]["units_detail"]
     one, two = (torch.load(tmp_path / f"p{d}" / "tally.pt", weights_only=True) for d in (1, 2))
     assert one["phase"] == two["phase"] == "done"
     for key, counts in one["states"]["iou"].items():
@@ -177,5 +188,5 @@ def test_dissect_command_writes_json_report_strips_chart_and_wandb(isolated_runs
     assert rows[0]["units"]["_type"] == "table-file"
 
     bad = _gandissect("dissect", "--layers", "layer99", "--n", "32")
-    assert bad.returncode == 2
+    assert bad.returncode == 2 and not (isolated_runs / "dissect").exists()  # nothing written for a bad layer
     assert "unknown layer 'layer99'" in bad.stderr and "layer4" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -181,6 +181,9 @@ class DissectConfig:
             self.layers = [name.strip() for name in self.layers.split(",") if name.strip()]
         if not self.layers:
             raise ConfigError("layers: give at least one layer name")
+        if self.devices.strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"):
+            raise ConfigError(f"devices.strategy {self.devices.strategy!r} runs the passes in child processes whose "
+                              "tallies do not come back; use ddp (run from a script or the command line)")
 
 
 def _from_dict(cls, data: Any, where: str):

@@ -32,14 +32,15 @@ from gandissect.data.latents import seeded_latents
 from gandissect.errors import GandissectError
 from gandissect.io import atomic_path, sha256_file
 from gandissect.nethook import NetHook
-from gandissect.stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges
+from gandissect.stats import (UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts,
+                              upsampled_masks)
 
 BINS = 1024
 CALIBRATION_VALUES = 65536  # per unit: enough for ~64 calibration values in each bin
 
 
 class LatentBatches(Dataset):
-    """Item i: batch ``batch_ids[i]`` of the run, as (batch id, sample indices, latents)."""
+    """Item i: batch ``batch_ids[i]`` of the run, as (sample indices, latents)."""
 
     def __init__(self, seed: int, dim: int, n: int, batch_size: int, batch_ids: list[int]):
         self.seed, self.dim, self.n, self.batch_size, self.batch_ids = seed, dim, n, batch_size, batch_ids
@@ -50,7 +51,7 @@ class LatentBatches(Dataset):
     def __getitem__(self, i: int):
         start = self.batch_ids[i] * self.batch_size
         count = min(self.batch_size, self.n - start)
-        return self.batch_ids[i], torch.arange(start, start + count), seeded_latents(self.seed, count, self.dim, start)
+        return torch.arange(start, start + count), seeded_latents(self.seed, count, self.dim, start)
 
 
 def _key(layer: str) -> str:
@@ -65,49 +66,66 @@ def layer_shapes(generator: nn.Module, layers: list[str]) -> dict[str, tuple[int
         if silent:
             raise GandissectError(f"layer(s) {', '.join(silent)} did not run in the generator's forward pass; "
                                   f"the layers that ran: {', '.join(hook.retained) or 'none'}")
+        for name, output in hook.retained.items():
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise GandissectError(f"layer {name!r} gives {shape}; dissection needs a (N, units, height, width) "
+                                      "feature map")
         return {name: tuple(output.shape[1:]) for name, output in hook.retained.items()}
 
 
+def module_digest(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names and values): identifies weights that were not read from a file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @torch.no_grad()
-def calibrate(generator: nn.Module, layer: str, seed: int, n: int, batch_size: int) -> torch.Tensor:
-    """Bin edges for ``layer``'s units from its values on the first latents of the run (same on every process)."""
-    units, *spatial = layer_shapes(generator, [layer])[layer]
-    count = min(n, max(batch_size, math.ceil(CALIBRATION_VALUES / math.prod(spatial))))
+def calibrate(generator: nn.Module, layer: str, cells: int, cfg: DissectConfig) -> torch.Tensor:
+    """Bin edges for ``layer``'s units (``cells`` positions per map) from its values on the first latents of
+    the run; every process computes the same ones."""
+    count = min(cfg.n, max(cfg.batch_size, math.ceil(CALIBRATION_VALUES / cells)))
     parts = []
     with NetHook(generator, [layer], stop_after=layer) as hook:
-        for start in range(0, count, batch_size):
-            z = seeded_latents(seed, min(batch_size, count - start), generator.latent_dim, start)
+        for start in range(0, count, cfg.batch_size):
+            z = seeded_latents(cfg.seed, min(cfg.batch_size, count - start), generator.latent_dim, start)
             hook(z.to(next(generator.parameters()).device))
-            parts.append(hook.retained[layer].transpose(0, 1).reshape(units, -1).float().cpu())
-    return calibrated_edges(torch.cat(parts, dim=1), bins=BINS)
+            parts.append(hook.retained[layer].float())
+    return calibrated_edges(torch.cat(parts), bins=BINS, focus=cfg.quantile)
 
 
 class DissectModule(pl.LightningModule):
     """Runs the two passes of a dissection; ``run_dissection`` drives it."""
 
     def __init__(self, generator: nn.Module, segmenter, cfg: DissectConfig, tally_path: Path,
-                 generator_id: str | None = None):
+                 generator_id: str, segmenter_id: str):
         super().__init__()
-        self.generator_id = generator_id or sha256_file(cfg.generator)
-        self.segmenter_id = sha256_file(cfg.segmenter)
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # a process may have no batch left
+        self.generator_id, self.segmenter_id = generator_id, segmenter_id
         self.generator = generator.eval().requires_grad_(False)
         self.segmenter = segmenter.eval().requires_grad_(False)
         self.cfg, self.tally_path = cfg, Path(tally_path)
         self.layers = list(cfg.layers)
         self.shapes = layer_shapes(generator, self.layers)
         self.deepest = list(self.shapes)[-1]  # the quantile pass stops there
-        classes = len(segmenter.classes)
-        self.quantiles = nn.ModuleDict({_key(n): UnitQuantile(torch.zeros(s[0], BINS)) for n, s in self.shapes.items()})
-        self.topk = nn.ModuleDict({_key(n): UnitTopK(s[0], cfg.top_k) for n, s in self.shapes.items()})
-        self.iou = nn.ModuleDict({_key(n): UnitClassIoU(s[0], classes) for n, s in self.shapes.items()})
         self.phase = "quantile"
         self.done: list[int] = []          # batches tallied in the current phase, over all processes
         self.thresholds: dict[str, torch.Tensor] = {}
         self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._calibrated = False
-        self._loaded = False
         self._started, self._elapsed_before = time.perf_counter(), 0.0
         self._hook: NetHook | None = None
+        self._tally = self.read_tally()
+        edges = self._tally["edges"] if self._tally else {
+            _key(n): calibrate(generator, n, s[1] * s[2], cfg) for n, s in self.shapes.items()}
+        classes = len(segmenter.classes)
+        self.quantiles = nn.ModuleDict({_key(n): UnitQuantile(edges[_key(n)], cfg.quantile) for n in self.shapes})
+        self.topk = nn.ModuleDict({_key(n): UnitTopK(s[0], cfg.top_k) for n, s in self.shapes.items()})
+        self.iou = nn.ModuleDict({_key(n): UnitClassIoU(s[0], classes) for n, s in self.shapes.items()})
 
     # --- the tally file ---------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -117,8 +135,7 @@ class DissectModule(pl.LightningModule):
                 "segmenter_sha256": self.segmenter_id}
 
     def _metric_states(self, group: nn.ModuleDict) -> dict:
-        # Metric._defaults names every state declared with add_state
-        return {k: {name: getattr(m, name).detach().cpu().clone() for name in m._defaults} for k, m in group.items()}
+        return {k: {name: v.detach().cpu().clone() for name, v in m.metric_state.items()} for k, m in group.items()}
 
     def _synced_states(self) -> dict:
         """The tallies of the current phase summed over processes (a collective: every process calls it)."""
@@ -142,10 +159,10 @@ class DissectModule(pl.LightningModule):
         with atomic_path(self.tally_path) as tmp:
             torch.save(tally, tmp)
 
-    def load_tally(self) -> None:
-        """Pick up an earlier run's tally: every process takes the phase and what is done, rank 0 the counts."""
+    def read_tally(self) -> dict | None:
+        """An earlier run's tally when resuming, after checking it was made with these settings."""
         if not self.cfg.resume or not self.tally_path.exists():
-            return
+            return None
         try:
             tally = torch.load(self.tally_path, map_location="cpu", weights_only=True)
         except Exception as err:
@@ -154,10 +171,14 @@ class DissectModule(pl.LightningModule):
         if tally["settings"] != self.settings():
             raise GandissectError(f"{self.tally_path} was tallied with other settings ({tally['settings']}); "
                                   "use another run name, or resume=false to start over")
+        return tally
+
+    def load_tally(self) -> None:
+        """Continue from the tally: every process takes the phase and what is done, rank 0 the counts."""
+        tally, self._tally = self._tally, None
+        if tally is None:
+            return
         self.phase, self.done = tally["phase"], list(tally["done"])
-        for key, edges in tally["edges"].items():
-            self.quantiles[key].edges.copy_(edges)
-        self._calibrated = True
         self.thresholds = dict(tally["thresholds"])
         self._elapsed_before = float(tally.get("elapsed_s", 0.0))
         self.top = {k: tuple(v) for k, v in tally["top"].items()}
@@ -178,14 +199,7 @@ class DissectModule(pl.LightningModule):
         return self._elapsed_before + time.perf_counter() - self._started
 
     def setup(self, stage: str) -> None:
-        if not self._loaded:
-            self.load_tally()
-            self._loaded = True
-        if not self._calibrated:
-            for name in self.layers:
-                self.quantiles[_key(name)].edges.copy_(
-                    calibrate(self.generator, name, self.cfg.seed, self.cfg.n, self.cfg.batch_size))
-            self._calibrated = True
+        self.load_tally()  # the first time only: it forgets the tally once taken
 
     def _pending(self) -> list[int]:
         done = set(self.done)
@@ -205,7 +219,7 @@ class DissectModule(pl.LightningModule):
         self._count = 0
 
     def validation_step(self, batch, batch_idx):
-        _, indices, z = batch
+        indices, z = batch
         if self.phase == "quantile":
             self._hook.stop_after = self.deepest
             self._hook(z)
@@ -228,6 +242,9 @@ class DissectModule(pl.LightningModule):
             self.save_tally()
 
     def on_validation_end(self) -> None:
+        self.remove_hooks()
+
+    def remove_hooks(self) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -235,15 +252,18 @@ class DissectModule(pl.LightningModule):
     # --- the ends of the passes (collectives: every process calls them) -------------------------
     def finish_quantile_phase(self) -> None:
         """Thresholds and top-k from the summed tallies; the IoU pass starts."""
+        self.to(self.trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU; NCCL syncs need the GPU
         for name in self.layers:
             key = _key(name)
             with self.quantiles[key].sync_context():
                 self.thresholds[key] = self.quantiles[key].quantile(self.cfg.quantile)
-            self.top[key] = self.topk[key].compute()
+            self.top[key] = tuple(t.cpu() for t in self.topk[key].compute())
+            self.thresholds[key] = self.thresholds[key].cpu()
         self.phase, self.done = "iou", []
         self.save_tally()
 
     def finish_iou_phase(self) -> None:
+        self.to(self.trainer.strategy.root_device)
         self.counts = self._synced_states()["iou"]
         self._elapsed_before = self.elapsed_s()
         self.phase, self.done = "done", list(range(math.ceil(self.cfg.n / self.cfg.batch_size)))
@@ -261,9 +281,9 @@ class PassProgressBar(pl.callbacks.TQDMProgressBar):
 # --- the run ----------------------------------------------------------------------------------------
 def summarize(counts: dict, classes: tuple[str, ...], categories: dict[str, str], iou_threshold: float) -> dict:
     """Per unit: best class (IoU over all images) and whether it is interpretable; per layer: counts per class."""
-    inter, unit_area, class_area = (counts[k].double() for k in ("intersection", "unit_area", "class_area"))
+    inter, unit_area, class_area = (counts[k] for k in ("intersection", "unit_area", "class_area"))
+    iou = iou_from_counts(inter, unit_area, class_area)
     union = unit_area[:, None] + class_area[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
     best_iou, best = iou[:, 1:].max(dim=1)
     units, per_class, per_category = [], {}, {}
     for u in range(len(best)):
@@ -303,9 +323,7 @@ def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_
             for i, image, maps in zip(chunk, scenes.to_uint8(x), r):
                 images[i] = image
                 units = torch.tensor(units_of[i])
-                up = torch.nn.functional.interpolate(maps[units][None], size=x.shape[-2:], mode="bilinear",
-                                                     align_corners=False)[0]
-                for unit, m in zip(units_of[i], up > thresholds[units][:, None, None]):
+                for unit, m in zip(units_of[i], upsampled_masks(maps[units][None], thresholds[units], x.shape[-2:])[0]):
                     masks[i, unit] = m
     paths = []
     for unit, row in enumerate(top_indices.tolist()):
@@ -321,24 +339,30 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
     from gandissect.models.progan import load_generator
     from gandissect.models.segmenter import SceneSegmenter
-    from gandissect.runs import start_run
+    from gandissect.runs import runs_root, start_run
 
-    run_dir = start_run(cfg.name, cfg, root=run_dir)
-    generator_id = None if generator is None else f"module {type(generator).__name__}"
+    run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    generator_id = sha256_file(cfg.generator) if generator is None else f"module {module_digest(generator)}"
+    segmenter_id = sha256_file(cfg.segmenter) if segmenter is None else f"module {module_digest(segmenter)}"
     generator = load_generator(cfg.generator) if generator is None else generator
     segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
-    module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id)
+    # checks the layers and an earlier tally before anything in the run directory is written
+    module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
+    start_run(cfg.name, cfg, root=run_dir)
     d = cfg.devices
     trainer = pl.Trainer(accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
                          default_root_dir=str(run_dir), callbacks=[PassProgressBar(), *callbacks])
     start = time.perf_counter()
-    trainer.validate(module, verbose=False)  # the phase an earlier run stopped in, else the quantile pass
-    if module.phase == "quantile":
-        module.finish_quantile_phase()
-        trainer.validate(module, verbose=False)
-    if module.phase == "iou":
-        module.finish_iou_phase()
+    try:
+        trainer.validate(module, verbose=False)  # the phase an earlier run stopped in, else the quantile pass
+        if module.phase == "quantile":
+            module.finish_quantile_phase()
+            trainer.validate(module, verbose=False)
+        if module.phase == "iou":
+            module.finish_iou_phase()
+    finally:
+        module.remove_hooks()  # also when interrupted: the generator is left as it was
     wall = time.perf_counter() - start
     if not trainer.is_global_zero:
         return {}

@@ -21,22 +21,22 @@ from torchmetrics import Metric
 from gandissect.errors import BadValueError
 
 
-def _per_unit(values: Tensor, num_units: int) -> Tensor:
-    """(N, U, ...) or (U, n) -> (U, n) float32."""
-    if values.dim() >= 3 or (values.dim() == 2 and values.shape[0] != num_units):
-        values = values.transpose(0, 1).reshape(values.shape[1], -1)
-    if values.shape[0] != num_units:
-        raise BadValueError(f"expected values for {num_units} units, got shape {tuple(values.shape)}")
-    return values.float().contiguous()
+def _per_unit(values: Tensor, num_units: int | None = None) -> Tensor:
+    """(N, U, ...) activations (units on dim 1) -> (U, N * ...) float32."""
+    if values.dim() < 2 or (num_units is not None and values.shape[1] != num_units):
+        raise BadValueError(f"expected values of shape (N, {num_units or 'U'}, ...) with units on dim 1, "
+                            f"got {tuple(values.shape)}")
+    return values.transpose(0, 1).reshape(values.shape[1], -1).float().contiguous()
 
 
 def calibrated_edges(sample: Tensor, bins: int = 1024, focus: float = 0.99, width: float = 0.01) -> Tensor:
-    """Per-unit bin edges (U, bins) at ranks of ``sample`` (U, n): half spread over the whole range,
-    half inside [focus - width, focus + width / 2], where the quantile will be read."""
-    sample = sample.float().sort(dim=1).values
+    """Per-unit bin edges (U, <= bins) at ranks of ``sample`` (N, U, ...): half spread over the whole range,
+    half inside [focus - width, focus + width / 2], where the quantile will be read. Ranks that round to
+    the same sample position are merged, so an edge repeats only where the sample repeats a value."""
+    sample = _per_unit(sample).sort(dim=1).values
     ranks = torch.cat([torch.linspace(0, 1, bins // 2),
                        torch.linspace(max(focus - width, 0.0), min(focus + width / 2, 1.0), bins - bins // 2)])
-    positions = (ranks.sort().values * (sample.shape[1] - 1)).round().long()
+    positions = torch.unique((ranks * (sample.shape[1] - 1)).round().long())
     return sample[:, positions].contiguous()
 
 
@@ -48,15 +48,16 @@ class UnitQuantile(Metric):
     interpolation inside its bin, so its rank error is at most the share of values in that one bin;
     where an edge repeats (the calibration saw a point mass there, e.g. the zeros of a ReLU) the bin's
     upper edge itself is returned.
-    Edges from ``calibrated_edges`` put 512 bins inside a 1.5%-wide band around the focus quantile:
+    Edges from ``calibrated_edges`` put up to 512 bins inside a 1.5%-wide band around the focus quantile:
     ~0.003% of the values per bin when the sample represents the data. Memory: U x (bins + 1) counts,
     whatever the number of values. Every process must use the same edges.
     """
 
     full_state_update = False
 
-    def __init__(self, edges: Tensor, **kwargs):
+    def __init__(self, edges: Tensor, q: float = 0.99, **kwargs):
         super().__init__(**kwargs)
+        self.q = q  # the quantile compute() returns
         units, bins = edges.shape
         self.register_buffer("edges", edges.float().contiguous())
         self.add_state("counts", torch.zeros(units, bins + 1, dtype=torch.int64), dist_reduce_fx="sum")
@@ -64,7 +65,7 @@ class UnitQuantile(Metric):
         self.add_state("high", torch.full((units,), float("-inf")), dist_reduce_fx="max")
 
     def update(self, values: Tensor) -> None:
-        """``values``: (N, U, ...) activations or (U, n) values per unit."""
+        """``values``: (N, U, ...) activations, units on dim 1."""
         units, bins = self.edges.shape
         values = _per_unit(values, units)
         index = torch.searchsorted(self.edges, values)
@@ -93,7 +94,7 @@ class UnitQuantile(Metric):
         return torch.where(point_mass, hi, lo + fraction * (hi - lo)).squeeze(1).float()
 
     def compute(self) -> Tensor:
-        return self.quantile(0.99)
+        return self.quantile(self.q)
 
 
 def _merge_topk(stacked: Tensor) -> Tensor:
@@ -136,6 +137,18 @@ class UnitTopK(Metric):
         return self.best[..., 0].float(), self.best[..., 1].long()
 
 
+def _count_dtype(pixels: int) -> torch.dtype:
+    """float32 sums of 0/1 values are exact below 2**24 terms (and faster than integer scatters); beyond, float64."""
+    return torch.float32 if pixels < 2 ** 24 else torch.float64
+
+
+def iou_from_counts(intersection: Tensor, unit_area: Tensor, class_area: Tensor) -> Tensor:
+    """(U, C) float64 IoU = intersection / union from pixel counts (0 where the union is empty)."""
+    inter = intersection.double()
+    union = unit_area.double()[:, None] + class_area.double()[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
 def label_onehot(labels: Tensor, num_classes: int) -> Tensor:
     """(N, K, H, W) labels -> (N*H*W, C) float 0/1: 1 where any of the K labels of the pixel is c."""
     flat = labels.permute(0, 2, 3, 1).reshape(-1, labels.shape[1])
@@ -168,10 +181,13 @@ class UnitClassIoU(Metric):
 
     ``update`` takes masks at the labels' resolution: the counts are one matrix product,
     (U x pixels) masks times (pixels x C) label indicators. ``update_upsampled`` takes low-resolution
-    unit maps and per-unit thresholds and gives exactly the counts of ``update(upsampled > threshold)``
-    without upsampling every map: a pixel can only pass the threshold where one of the four cells it is
+    unit maps and per-unit thresholds and gives the counts of ``update(upsampled > threshold)`` without
+    upsampling every map: a pixel can only pass the threshold where one of the four cells it is
     interpolated from does, so only those cell neighbourhoods (a few percent at the 0.99 quantile) are
-    interpolated. Class 0 ("no label") is counted like the others and ignored by callers.
+    interpolated, with F.interpolate's weights, and summed by ``index_add`` (the same product with a
+    sparse unit indicator). Its interpolated values may differ from F.interpolate's in the last bit,
+    so a pixel within one float32 rounding of its threshold can fall on the other side. Class 0
+    ("no label") is counted like the others and ignored by callers.
     """
 
     full_state_update = False
@@ -184,16 +200,23 @@ class UnitClassIoU(Metric):
         self.add_state("class_area", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
         self._plans: dict = {}
 
-    def _add_class_area(self, onehot: Tensor) -> None:
-        self.class_area += onehot.sum(dim=0).round().long()
+    def _add_class_area(self, labels: Tensor) -> None:
+        """Pixels per class, a pixel counted once per distinct class among its K labels."""
+        for k in range(labels.shape[1]):
+            label = labels[:, k]
+            new = torch.ones_like(label, dtype=torch.bool)
+            for j in range(k):
+                new &= label != labels[:, j]
+            self.class_area += torch.bincount(label[new], minlength=self.num_classes)
 
     def update(self, masks: Tensor, labels: Tensor) -> None:
         """``masks``: (N, U, H, W) bool; ``labels``: (N, K, H, W) integer classes."""
         onehot = label_onehot(labels, self.num_classes)
-        flat = masks.transpose(0, 1).reshape(self.num_units, -1).float()
-        self.intersection += (flat @ onehot).round().long()  # exact: per-batch counts are far below 2**24
+        flat = masks.transpose(0, 1).reshape(self.num_units, -1)
+        dtype = _count_dtype(flat.shape[1])
+        self.intersection += (flat.to(dtype) @ onehot.to(dtype)).round().long()
         self.unit_area += masks.transpose(0, 1).reshape(self.num_units, -1).sum(dim=1)
-        self._add_class_area(onehot)
+        self._add_class_area(labels)
 
     def update_upsampled(self, activations: Tensor, thresholds: Tensor, labels: Tensor) -> None:
         """Counts of ``activations`` (N, U, h, w) bilinearly upsampled to the labels' (H, W) and > ``thresholds``."""
@@ -224,21 +247,20 @@ class UnitClassIoU(Metric):
         pixel_sample, pixel_unit = sample[patch], unit[patch]
         pixel_y, pixel_x = rows[gy[patch], dy], cols[gx[patch], dx]
         pixel_labels = labels[pixel_sample, :, pixel_y, pixel_x]  # (pixels, K)
-        present = torch.zeros(len(pixel_labels), self.num_classes, device=labels.device)
+        dtype = _count_dtype(n * height * width)
+        present = torch.zeros(len(pixel_labels), self.num_classes, dtype=dtype, device=labels.device)
         present.scatter_(1, pixel_labels, 1.0)
-        self.intersection += torch.zeros(units, self.num_classes, device=present.device).index_add_(
+        self.intersection += torch.zeros(units, self.num_classes, dtype=dtype, device=labels.device).index_add_(
             0, pixel_unit, present).round().long()
         self.unit_area += torch.bincount(pixel_unit, minlength=units)
-        self._add_class_area(label_onehot(labels, self.num_classes))
+        self._add_class_area(labels)
 
     def compute(self) -> Tensor:
         """(U, C) float64 IoU = intersection / union (0 where the union is empty)."""
-        inter = self.intersection.double()
-        union = self.unit_area.double()[:, None] + self.class_area.double()[None, :] - inter
-        return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+        return iou_from_counts(self.intersection, self.unit_area, self.class_area)
 
 
 def upsampled_masks(activations: Tensor, thresholds: Tensor, size: tuple[int, int]) -> Tensor:
-    """(N, U, H, W) bool: bilinear upsampling of the unit maps to ``size``, thresholded per unit (the reference)."""
+    """(N, U, H, W) bool: bilinear upsampling of the unit maps to ``size``, thresholded per unit."""
     up = F.interpolate(activations.float(), size=size, mode="bilinear", align_corners=False)
     return up > thresholds.float()[None, :, None, None]
