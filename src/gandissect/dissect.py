@@ -208,10 +208,10 @@ class DissectModule(pl.LightningModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self.global_rank, self.trainer.world_size
         pending = self._pending()
-        self._mine = pending[rank::world]
         self._save_points = len(pending) // world  # every process reaches these batch counts
         self._others = [pending[r::world] for r in range(world)]
-        data = LatentBatches(self.cfg.seed, self.generator.latent_dim, self.cfg.n, self.cfg.batch_size, self._mine)
+        data = LatentBatches(self.cfg.seed, self.generator.latent_dim, self.cfg.n, self.cfg.batch_size,
+                             self._others[rank])
         return DataLoader(data, batch_size=None, shuffle=False)
 
     def on_validation_start(self) -> None:
