@@ -302,17 +302,18 @@ def summarize(counts: dict, classes: tuple[str, ...], categories: dict[str, str]
 
 @torch.no_grad()
 def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor, seed: int,
-                out_dir: Path, batch_size: int = 64) -> list[str]:
+                out_dir: Path, batch_size: int = 64) -> list[Path]:
     """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths."""
     from gandissect.data import scenes
     from gandissect.io import save_image
     from gandissect.report.dissection import unit_strip
 
-    wanted = sorted({int(i) for i in top_indices.flatten() if i >= 0})
-    units_of = {}  # sample -> the units that have it among their top images
+    units_of: dict[int, list[int]] = {}  # sample -> the units that have it among their top images
     for unit, row in enumerate(top_indices.tolist()):
         for i in row:
-            units_of.setdefault(i, []).append(unit)
+            if i >= 0:  # -1: fewer samples than top_k
+                units_of.setdefault(i, []).append(unit)
+    wanted = sorted(units_of)
     images, masks = {}, {}  # only the masks that are drawn: memory bounded by units x top_k, not by samples
     with NetHook(generator, [layer]) as hook:
         for start in range(0, len(wanted), batch_size):
