@@ -67,8 +67,11 @@ def test_eval_prints_json_and_keeps_it_in_the_run_directory(tmp_path):
 
 
 def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
+    tiny_ace = "[class_name=tree, n=32, constants_n=64, steps=4, batch_size=8, removal_units=3, top_units=3]"
+    tiny_repair = ("[dissect_n=64, effect_n=16, fd_n=160, real_n=160, batch_size=32, k=2, candidates=3, "
+                   "artifact.calibration_n=64, artifact.check_n=32, artifact.finetune_steps=2]")
     done = gandissect("demo", "--set", "n=16", "--set", "stats_n=32", "--set", "dissect_n=64",
-                      env_runs=tmp_path / "runs")
+                      "--set", f"ace_set={tiny_ace}", "--set", f"repair_set={tiny_repair}", env_runs=tmp_path / "runs")
     assert done.returncode == 0, done.stderr[-2000:]
     run_dir = tmp_path / "runs" / "demo"
     html = (run_dir / "index.html").read_text()
@@ -77,7 +80,13 @@ def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["segmentation"]["n"] == 16
     assert results["dissection"]["n"] == 64 and "dissect/index.html" in html
-    assert (run_dir / "dissect" / "dissect.json").is_file()
+    dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
+    assert "tree-ace" in dissection["layers"]["layer4"]["rankings"]  # the ACE step wrote its ranking there
+    assert set(results["ace"]["removal"]) == {"iou", "ace"} and "ace/index.html" in html
+    fd = results["repair"]["fd"]
+    assert fd["name"] == "FD-scenes" and fd["n"] == 160 and fd["original"] > 0 and fd["random_mean"] > 0
+    assert "repair/index.html" in html and (run_dir / "repair" / "before_after.png").is_file()
+    assert html.index("Repair") < html.index("Dissection")  # the main job's result comes first
     from gandissect.runs import read_offline_history
 
     rows = read_offline_history(run_dir / "wandb")  # the demo's own run; the dissection's is under dissect/

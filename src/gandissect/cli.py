@@ -8,6 +8,8 @@
     gandissect eval gan --checkpoint PATH --n 2000
     gandissect generate --checkpoint PATH --n 64 --seed 0 --out grid.png
     gandissect dissect --config experiments/scenes/dissect.yaml [--layers layer3,layer4] [--n 1000]
+    gandissect repair --config experiments/scenes/repair.yaml [--set fd_n=2000]
+    gandissect ace --config experiments/scenes/ace.yaml --class tree --layer layer4
     gandissect fid stats --data scenes --n 10000 --backbone scenes --out real.npz
     gandissect fid score --checkpoint PATH --stats real.npz --n 10000 [--backbone scenes]
 
@@ -18,6 +20,7 @@ line on stderr naming the problem and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -212,6 +215,53 @@ def _dissect(args) -> dict:
                               "per_class": layer["per_class"]} for name, layer in result["layers"].items()}}
 
 
+def _ace(args) -> dict:
+    from gandissect.config import AceConfig, load_config
+    from gandissect.intervene import run_ace
+
+    overrides = list(args.set)
+    if args.class_name:
+        overrides.append(f"class_name={args.class_name}")
+    if args.layer:
+        overrides.append(f"layer={args.layer}")
+    cfg = load_config(AceConfig, args.config, overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bars write to stdout; it holds the JSON
+        result = run_ace(cfg)
+    if not result:  # a DDP process other than rank 0
+        return {}
+    removal = result["removal"]
+    return {"run_dir": result["run_dir"], "report": f"{result['run_dir']}/index.html", "class": result["class"],
+            "layer": result["layer"], "units_above_half": result["units_above_half"],
+            "top_ace_units": result["rankings"]["ace"][:10], "top_iou_units": result["rankings"]["iou"][:10],
+            "removal": {name: {k: v for k, v in r.items() if k != "curve"} for name, r in removal.items()},
+            "ace_of_top_units": result["ace_of_top_units"], "context": result["context"][:6],
+            "wall_s": result["timing"]["wall_s"]}
+
+
+def _repair(args) -> dict:
+    from gandissect.config import RepairConfig, load_config
+    from gandissect.repair import run_repair
+
+    cfg = load_config(RepairConfig, args.config, list(args.set))
+    with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bars write to stdout; it holds the JSON
+        result = run_repair(cfg)
+    if not result:  # a DDP process other than rank 0
+        return {}
+    from gandissect.runs import runs_root
+
+    run_dir = runs_root() / cfg.name
+    fd = result["fd"]
+    summary = {"run_dir": str(run_dir), "report": str(run_dir / "index.html"), "layer": cfg.layer,
+               "chosen_units": result["chosen_units"], "fd_name": fd["name"], "fd_original": fd["original"],
+               "fd_repaired": fd["repaired"], "fd_random": fd["random"], "fd_random_mean": fd["random_mean"],
+               "fd_random_std": fd["random_std"], "artifact_fraction": result["artifact_fraction"],
+               "checkpoint": result["checkpoint"].get("path") and str(run_dir / result["checkpoint"]["path"]),
+               "wall_s": result["timing"]["wall_s"]}
+    if "planted" in result:
+        summary["planted"] = result["planted"]
+    return summary
+
+
 def _demo(args) -> dict:
     from gandissect.config import DemoConfig, load_config
     from gandissect.demo import run_demo
@@ -234,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of seeded latents (overrides the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=_dissect)
+
+    p = sub.add_parser("ace", help="which units cause a class: learned intervention, ACE, removal curves, context")
+    p.add_argument("--config", default="experiments/scenes/ace.yaml")
+    p.add_argument("--class", dest="class_name", default=None, help="class to cause or remove (overrides the config)")
+    p.add_argument("--layer", default=None, help="layer to intervene on (overrides the config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_ace)
+
+    p = sub.add_parser("repair", help="find the units that draw artifacts, ablate them, compare FDs (writes "
+                                      "runs/<name>/)")
+    p.add_argument("--config", default="experiments/scenes/repair.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_repair)
 
     p = sub.add_parser("scenes", help="draw scenes of the built-in world with their labels")
     p.add_argument("--n", type=int, default=64)

@@ -143,6 +143,10 @@ class DemoConfig:
     generator: str = "checkpoints/scene_gan_generator.safetensors"
     dissect_layer: str = "layer4"
     dissect_n: int = 1000          # latents for the dissection of the shipped GAN (0: skip it)
+    ace_config: str | None = "experiments/scenes/ace.yaml"        # the ACE of one class (null: skip it)
+    ace_set: list[str] = field(default_factory=list)              # key=value overrides of that config
+    repair_config: str | None = "experiments/scenes/repair.yaml"  # the repair with FD (null: skip it)
+    repair_set: list[str] = field(default_factory=list)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -184,6 +188,127 @@ class DissectConfig:
         if self.devices.strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"):
             raise ConfigError(f"devices.strategy {self.devices.strategy!r} runs the passes in child processes whose "
                               "tallies do not come back; use ddp (run from a script or the command line)")
+
+
+@dataclass
+class AceConfig:
+    """``gandissect ace``: which units cause ``class_name`` at ``layer`` (intervention, ACE, removal curves)."""
+
+    name: str = "ace"
+    generator: str = "checkpoints/scene_gan_generator.safetensors"
+    segmenter: str = "checkpoints/scene_segmenter.safetensors"
+    layer: str = "layer4"
+    class_name: str = "tree"
+    dissection: str = "dissect"    # a run name under runs/ or a run directory holding dissect.json for `layer`
+    dissect_n: int = 1000          # latents of the dissection run when `dissection` lacks the layer
+    dissect_seed: int = 0
+    insertion: str = "mean"        # insertion constant: mean (class-weighted mean of r_u) or quantile (0.99)
+    constants_n: int = 1000        # dissection latents the class-weighted means are measured on
+    n: int = 500                   # held-out latents for the ACE, the removal curves and the context table
+    eval_seed: int = 2             # their latent stream (neither the dissection's nor the optimization's)
+    removal_units: int = 30        # removal curves for the top 1..removal_units units
+    top_units: int = 20            # units inserted for the context table and the reported ACE
+    lam: float = 0.001             # weight of ||alpha||_2^2
+    lr: float = 0.01
+    steps: int = 500
+    batch_size: int = 16
+    seed: int = 1                  # latent stream of the optimization batches
+    init_units: int = 20           # top IoU units that start at alpha = 1 ...
+    init_value: float = 0.05       # ... the others start here
+    log_every: int = 10
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        if self.insertion not in ("mean", "quantile"):
+            raise ConfigError(f"insertion must be mean or quantile, got {self.insertion!r}")
+        positive = ("dissect_n", "constants_n", "n", "removal_units", "top_units", "steps", "batch_size", "log_every")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if not getattr(self, k) >= 1]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
+        if not self.lam >= 0 or not self.lr > 0:
+            raise ConfigError(f"lam must be >= 0 and lr > 0, got lam={self.lam}, lr={self.lr}")
+        if not 0 <= self.init_value <= 1 or self.init_units < 0:
+            raise ConfigError(f"init_value must be in [0, 1] and init_units >= 0, got {self.init_value}, "
+                              f"{self.init_units}")
+        if self.devices.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+            raise ConfigError(f"devices.strategy {self.devices.strategy!r} is not supported; use ddp")
+
+
+@dataclass
+class ArtifactConfig:
+    """How the artifact segmenter is built from the GAN's discriminator (see gandissect.repair)."""
+
+    discriminator: str = "checkpoints/scene_gan_discriminator.safetensors"
+    method: str = "gradcam"        # gradcam (of D's fake logit at d_layer) | saliency (input gradient)
+    d_layer: str = "layer3"        # the discriminator layer Grad-CAM reads (layer3: 32x32 for a 64px D)
+    flag_rate: float = 0.01        # the share of real-image pixels the calibrated threshold flags
+    calibration_n: int = 1000      # real scenes the threshold is calibrated on
+    calibration_seed: int = 101
+    check_n: int = 500             # held-out real scenes on which the flag rate is measured again
+    check_seed: int = 102
+    finetune_steps: int = 200      # steps of D against the generator being repaired first (0: D as shipped)
+    finetune_batch_size: int = 32
+    finetune_lr: float = 0.002
+    finetune_seed: int = 103
+
+    def __post_init__(self):
+        if self.method not in ("gradcam", "saliency"):
+            raise ConfigError(f"artifact.method must be gradcam or saliency, got {self.method!r}")
+        if not 0 < self.flag_rate < 1:
+            raise ConfigError(f"artifact.flag_rate must be between 0 and 1, got {self.flag_rate}")
+        if self.calibration_n < 1 or self.check_n < 0 or self.finetune_steps < 0:
+            raise ConfigError("artifact.calibration_n must be positive, check_n and finetune_steps not negative")
+
+
+@dataclass
+class PlantConfig:
+    """Planted artifacts: units of the repaired layer made to paint a checkerboard blotch where they fire."""
+
+    units: list[int] = field(default_factory=list)   # empty: repair the generator as it is
+    quantile: float = 0.97         # a planted unit paints where its upsampled map exceeds this quantile
+    calibration_n: int = 512
+
+
+@dataclass
+class RepairConfig:
+    name: str = "repair"
+    generator: str = "checkpoints/scene_gan_generator.safetensors"
+    segmenter: str = "checkpoints/scene_segmenter.safetensors"   # the FD-scenes backbone
+    layer: str = "layer4"
+    k: int = 0                     # units to ablate; 0: round(4% of the layer's units), as 20 of 512 in the paper
+    candidates: int = 0            # units (by artifact IoU) whose causal effect is measured; 0: 4 * k
+    dissect_n: int = 1000          # latents of the artifact-class dissection
+    dissect_seed: int = 0
+    effect_n: int = 256            # latents on which each candidate's ablation effect is measured
+    effect_seed: int = 1
+    fd_n: int = 10000              # seeded latents every variant draws for its FD
+    fd_seed: int = 2
+    fd_backbone: str = "auto"      # auto: inception when inception_weights is given, else scenes (FD-scenes)
+    inception_weights: str | None = None
+    real_n: int = 10000            # real scenes of world real_seed for the real statistics
+    real_seed: int = 12345
+    real_stats: str | None = None  # an existing pytorch-fid .npz instead (must match the backbone)
+    random_draws: int = 3          # random ablations of k units, for the spread FD gains by chance
+    random_seed: int = 0
+    batch_size: int = 50
+    artifact: ArtifactConfig = field(default_factory=ArtifactConfig)
+    plant: PlantConfig = field(default_factory=PlantConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        if self.k < 0 or self.candidates < 0:
+            raise ConfigError("k and candidates must not be negative (0 picks the default)")
+        if min(self.dissect_n, self.effect_n, self.fd_n, self.real_n, self.batch_size) < 1:
+            raise ConfigError("dissect_n, effect_n, fd_n, real_n and batch_size must be positive")
+        if self.random_draws < 1:
+            raise ConfigError("random_draws must be at least 1: the random ablations are the repair's control")
+        if self.fd_backbone not in ("auto", "scenes", "inception"):
+            raise ConfigError(f"fd_backbone must be auto, scenes or inception, got {self.fd_backbone!r}")
+        if self.devices.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+            raise ConfigError(f"devices.strategy {self.devices.strategy!r} runs the FD pass in child processes whose "
+                              "results do not come back; use ddp (run from a script or the command line)")
 
 
 def _from_dict(cls, data: Any, where: str):

@@ -1,6 +1,6 @@
-"""The main job on the built-in default, until the repair pipeline exists: draw the scene world,
-segment it with the shipped segmenter, dissect a layer of the shipped scene GAN, and write a run
-directory with an HTML report."""
+"""The main job on the built-in default: draw the scene world and segment it with the shipped segmenter,
+dissect a layer of the shipped scene GAN, learn which of its units cause one class (ACE), repair the
+GAN's artifacts with FD as proof, and write one HTML report linking everything under runs/demo/."""
 
 from __future__ import annotations
 
@@ -37,28 +37,37 @@ def run_demo(cfg: DemoConfig) -> dict:
     quality = {**iou_summary(metric, segmenter.classes), "n": cfg.n, "seed": cfg.seed, "size": cfg.size}
     stats = scenes.world_statistics(cfg.seed, cfg.stats_n, cfg.size)
     results = {"segmenter": cfg.segmenter, "segmentation": quality, "world": stats}
-    dissection_html = ""
+    pipeline = []  # report sections of the GAN pipeline, the main job's result first
+    if cfg.repair_config:
+        results["repair"], html = _repair(cfg, run_dir)
+        pipeline.append(("Repair: artifact units switched off, proven by FD", html))
     if cfg.dissect_n > 0:
-        results["dissection"], dissection_html = _dissect(cfg, run_dir)
+        results["dissection"], html = _dissect(cfg, run_dir)
+        pipeline.append(("Dissection: which units draw which classes", html))
+        if cfg.ace_config:
+            results["ace"], html = _ace(cfg, run_dir)
+            pipeline.append((f"Intervention: which units cause {results['ace']['class']}", html))
     write_json(run_dir / "results.json", results)
 
     rows = [[name, scenes.CATEGORIES[name], stats["classes"][name]["pixel_share"],
              stats["classes"][name]["presence_rate"], quality["per_class_iou"][name]]
             for name in scenes.CLASSES[1:]]
     html_rows = [[swatch(scenes.LABEL_COLORS[i + 1]) + row[0], *row[1:]] for i, row in enumerate(rows)]
-    write_report(run_dir / "index.html", "gandissect demo: the scene world and its segmenter", [
-        ("What this is", f"<p>{cfg.n} scenes of world seed {cfg.seed} at {cfg.size}px, drawn with exact labels, "
-                         f"and the labels predicted by <code>{cfg.segmenter}</code>. "
-                         f"Mean IoU over these scenes: <b>{quality['miou']:.4f}</b> "
-                         "(a class absent from them shows no IoU). "
-                         "Numbers: <a href='results.json'>results.json</a>; settings: "
-                         "<a href='config.yaml'>config.yaml</a>.</p>"),
+    world = [
+        ("The world and its segmenter", f"<p>{cfg.n} scenes of world seed {cfg.seed} at {cfg.size}px, drawn with "
+                                        f"exact labels, and the labels predicted by <code>{cfg.segmenter}</code>. "
+                                        f"Mean IoU over these scenes: <b>{quality['miou']:.4f}</b> "
+                                        "(a class absent from them shows no IoU). "
+                                        "Numbers: <a href='results.json'>results.json</a>; settings: "
+                                        "<a href='config.yaml'>config.yaml</a>.</p>"),
         ("Scenes", picture("scenes.png", "generated scenes")),
         ("True labels", picture("labels_true.png", "exact labels drawn by the world")),
         ("Predicted labels", picture("labels_predicted.png", "the shipped segmenter's labels")),
         ("Classes", table(["class", "category", f"pixel share ({cfg.stats_n} scenes)", "presence rate", "IoU"],
                           html_rows)),
-    ] + ([("Dissection of the shipped GAN", dissection_html)] if dissection_html else []))
+    ]
+    write_report(run_dir / "index.html", "gandissect demo: dissect, intervene on and repair the shipped scene GAN",
+                 pipeline + world)
 
     run = wandb_run(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
     if run is not None:
@@ -73,6 +82,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     if "dissection" in results:
         d = results["dissection"]
         summary["dissection"] = {k: d[k] for k in ("layer", "n", "units", "interpretable_units", "report")}
+    for part in ("ace", "repair"):
+        if part in results:
+            summary[part] = results[part]
     return summary
 
 
@@ -96,4 +108,54 @@ def _dissect(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
     summary = {"layer": cfg.dissect_layer, "n": cfg.dissect_n, "units": layer["units"],
                "interpretable_units": layer["interpretable_units"], "per_class": layer["per_class"],
                "report": "dissect/index.html"}
+    return summary, html
+
+
+def _ace(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
+    """The ACE of one class at the dissected layer (run_dir/ace); its ranking goes into the demo's dissect.json."""
+    from gandissect.config import AceConfig, load_config
+    from gandissect.intervene import run_ace
+
+    acfg = load_config(AceConfig, cfg.ace_config, [
+        f"name={cfg.name}-ace", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
+        f"layer={cfg.dissect_layer}", f"dissection={run_dir / 'dissect'}", f"wandb.mode={cfg.wandb.mode}",
+        *cfg.ace_set])
+    result = run_ace(acfg, run_dir=run_dir / "ace")
+    removal = result["removal"]
+    rows = [[f"{name.upper()} ranking", *[removal[name].get(f"at_{k}") for k in (5, 20)]] for name in ("iou", "ace")]
+    html = (f"<p>Units of {acfg.layer} ranked by IoU with <i>{acfg.class_name}</i> (dissection) and by the learned "
+            f"intervention vector alpha (ACE ranking, {acfg.steps} Adam steps): the share of {acfg.class_name} "
+            f"pixels that disappear when the top units are ablated, over {acfg.n} held-out latents. "
+            "Everything: <a href='ace/index.html'>ace/index.html</a>.</p>"
+            + table(["ranking", "removed, top 5", "removed, top 20"], rows)
+            + picture("ace/removal.png", "removal curves"))
+    summary = {"class": acfg.class_name, "layer": acfg.layer,
+               "removal": {name: {k: v for k, v in r.items() if k != "curve"} for name, r in removal.items()},
+               "report": "ace/index.html"}
+    return summary, html
+
+
+def _repair(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
+    """Repair the shipped GAN at the dissected layer (run_dir/repair)."""
+    from gandissect.config import RepairConfig, load_config
+    from gandissect.repair import run_repair
+
+    rcfg = load_config(RepairConfig, cfg.repair_config, [
+        f"name={cfg.name}-repair", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
+        f"layer={cfg.dissect_layer}", f"wandb.mode={cfg.wandb.mode}", *cfg.repair_set])
+    result = run_repair(rcfg, run_dir=run_dir / "repair")
+    fd = result["fd"]
+    rows = [["original", fd["original"]], ["repaired", fd["repaired"]],
+            [f"random ablations (mean +- std of {len(fd['random'])})",
+             f"{fd['random_mean']:.4f} +- {fd['random_std'] or 0:.4f}" if fd["random"] else None]]
+    html = (f"<p>Units of {rcfg.layer} that draw what the discriminator finds fake: {result['chosen_units']}. "
+            f"{fd['name']} over {fd['n']} seeded latents (the same for every generator; lower is better):</p>"
+            + table(["generator", fd["name"]], rows)
+            + picture("repair/before_after.png", "rows: original, repaired, random ablation of as many units")
+            + "<p>Artifact maps, unit images, the repaired checkpoint and every number: "
+              "<a href='repair/index.html'>repair/index.html</a>.</p>")
+    summary = {"layer": rcfg.layer, "chosen_units": result["chosen_units"],
+               "fd": {k: fd[k] for k in ("name", "n", "original", "repaired", "random_mean", "random_std")},
+               "checkpoint": result["checkpoint"].get("path") and f"repair/{result['checkpoint']['path']}",
+               "report": "repair/index.html"}
     return summary, html

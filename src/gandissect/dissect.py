@@ -351,9 +351,11 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
     start_run(cfg.name, cfg, root=run_dir)
     d = cfg.devices
+    # inference_mode=False: a segmenter may need autograd inside labels() (the artifact segmenter's Grad-CAM)
     trainer = pl.Trainer(accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
-                         default_root_dir=str(run_dir), callbacks=[PassProgressBar(), *callbacks])
+                         inference_mode=False, default_root_dir=str(run_dir),
+                         callbacks=[PassProgressBar(), *callbacks])
     start = time.perf_counter()
     try:
         trainer.validate(module, verbose=False)  # the phase an earlier run stopped in, else the quantile pass
