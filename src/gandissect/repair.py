@@ -79,10 +79,9 @@ class ArtifactSegmenter(nn.Module):
     def fakeness(self, images: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """(N, H, W) non-negative map: how much each pixel's region pushes D towards 'fake'."""
         with torch.enable_grad():
-            x = images if create_graph else images.detach().requires_grad_(True)
+            # keep the caller's graph only when a differentiable result is asked for and there is one to keep
+            x = images if create_graph and images.requires_grad else images.detach().requires_grad_(True)
             if self.method == "saliency":
-                if not x.requires_grad:
-                    x = x.detach().requires_grad_(True)
                 grad, = torch.autograd.grad(-self.discriminator(x).sum(), x, create_graph=create_graph)
                 return F.avg_pool2d(grad.abs().sum(dim=1, keepdim=True), 5, stride=1, padding=2)[:, 0]
             with NetHook(self.discriminator, [self.d_layer]) as hook:
