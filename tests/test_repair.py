@@ -3,6 +3,7 @@ planted artifact units are found, and the repair command runs end to end."""
 
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,3 +135,21 @@ def test_repair_refuses_a_bad_layer_with_the_layer_list(isolated_runs):
     assert done.returncode == 2
     assert "layer44" in done.stderr and "layer4" in done.stderr
     assert not (isolated_runs / "repair").exists()
+
+
+def test_two_ddp_processes_choose_the_same_units_and_fds_as_one(tmp_path):
+    """Two processes split the candidates' ablations and the FD batches (7 batches: one process gets a batch
+    more); the units they choose and the FDs they report must be those of one process."""
+    script = REPO / "tests" / "repair_ddp_script.py"
+    for devices in (1, 2):
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"p{devices}"), str(devices)], check=True,
+                       cwd=REPO, timeout=300)
+    one, two = (json.loads((tmp_path / f"p{d}" / "repair.json").read_text()) for d in (1, 2))
+    assert (one["timing"]["processes"], two["timing"]["processes"]) == (1, 2)
+    assert two["ranking"] == one["ranking"]  # the same IoUs and the same effects, half of them from each process
+    assert sum(r["effect"] is not None for r in two["ranking"]) == 7
+    assert two["chosen_units"] == one["chosen_units"] and two["random_units"] == one["random_units"]
+    for name in ("original", "repaired"):
+        assert two["fd"][name] == pytest.approx(one["fd"][name], rel=1e-6), name
+    assert two["fd"]["random"] == pytest.approx(one["fd"]["random"], rel=1e-6)
+    assert two["fd"]["original"] != two["fd"]["repaired"]

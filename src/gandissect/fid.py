@@ -406,12 +406,15 @@ def _batched(items: list, batch_size: int, load) -> Iterator[torch.Tensor]:
         yield torch.stack([load(item) for item in items[start:start + batch_size]])
 
 
-def scene_batches(seed: int, n: int, size: int = 64, batch_size: int = 50) -> Iterator[torch.Tensor]:
-    """Scenes 0..n-1 of world ``seed`` as image batches in [-1, 1]."""
+def scene_batches(seed: int, n: int, size: int = 64, batch_size: int = 50,
+                  share: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+    """Scenes 0..n-1 of world ``seed`` as image batches in [-1, 1]; ``share=(rank, processes)`` keeps every
+    ``processes``-th scene from ``rank`` on, one process's part of the work."""
     from gandissect.data import scenes
 
+    rank, processes = share
     dataset = scenes.SceneDataset(seed, n, size)
-    return _batched(list(range(n)), batch_size, lambda i: dataset[i][0])
+    return _batched(list(range(rank, n, processes)), batch_size, lambda i: dataset[i][0])
 
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's

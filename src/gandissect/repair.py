@@ -375,11 +375,15 @@ def real_statistics(cfg: RepairConfig, fd: FrechetDistance, run_dir: Path) -> tu
     """The real side: ``cfg.real_stats`` if given, else scenes of world ``real_seed`` (cached in the run)."""
     path = Path(cfg.real_stats) if cfg.real_stats else run_dir / f"real_stats_{cfg.real_seed}_{cfg.real_n}.npz"
     if not path.is_file() and cfg.real_stats is None:
+        # under ddp each process feeds its share of the scenes, and the metric sums the statistics over processes
+        share = _rank_and_world()
         metric = FrechetDistance(fd.backbone, fd.num_features, name=fd.name)
-        feed(metric, scene_batches(cfg.real_seed, cfg.real_n, 64, cfg.batch_size), real=True, total=cfg.real_n,
-             desc=f"real statistics ({fd.name})")
+        feed(metric, scene_batches(cfg.real_seed, cfg.real_n, 64, cfg.batch_size, share), real=True,
+             total=len(range(share[0], cfg.real_n, share[1])), desc=f"real statistics ({fd.name})")
         mu, sigma = metric.statistics(real=True)
-        save_statistics(path, mu, sigma, name=fd.name, count=cfg.real_n)
+        if share[0] == 0:
+            save_statistics(path, mu, sigma, name=fd.name, count=cfg.real_n)
+        _barrier()  # the other processes read what rank 0 wrote
     stats = load_statistics(path)
     if stats["name"] not in (None, fd.name):
         raise ConfigError(f"real_stats {path} holds {stats['name']} statistics; this repair measures {fd.name}")
@@ -387,6 +391,36 @@ def real_statistics(cfg: RepairConfig, fd: FrechetDistance, run_dir: Path) -> tu
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside a ddp run)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _rank_and_world()[1] > 1:
+        torch.distributed.barrier()
+
+
+def _from_all_ranks(mine: dict) -> dict:
+    """The union of every process's dict (each process measured its own share of the work)."""
+    if _rank_and_world()[1] == 1:
+        return mine
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    return {k: v for part in gathered for k, v in part.items()}
+
+
+def _from_rank_zero(value):
+    """Rank 0's ``value`` on every process, so that all of them ablate the same units."""
+    if _rank_and_world()[1] == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _fd_backbone(cfg: RepairConfig) -> str:
@@ -422,11 +456,9 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter: Artif
                          segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[cfg.layer],
                          n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices, wandb=cfg.wandb)
     result = run_dissection(dcfg, run_dir=run_dir / "dissect", generator=generator, segmenter=segmenter)
+    _barrier()
     if not result:  # a ddp process other than rank 0: read what rank 0 wrote
-        torch.distributed.barrier()
         result = json.loads((run_dir / "dissect" / "dissect.json").read_text())
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
     return result["layers"][cfg.layer]
 
 
@@ -455,9 +487,17 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
     fd = build_fd(backbone, weights=cfg.inception_weights if backbone == "inception" else None,
                   segmenter_path=cfg.segmenter)
     start_run(cfg.name, cfg, root=run_dir)
+    seconds = {}  # wall time of each phase
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        seconds[phase], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
 
     artifact_segmenter, artifact_record = _artifact_segmenter(cfg, generator, generator_id, run_dir)
+    lap("artifact_segmenter_s")
     layer = _dissect_artifacts(cfg, generator, artifact_segmenter, run_dir)
+    lap("artifact_dissection_s")
     iou = layer["iou_by_class"]["artifact"]
     by_iou = sorted(range(width), key=lambda u: (-iou[u], u))
     fraction = {"seed": cfg.effect_seed, "n": cfg.effect_n}
@@ -466,26 +506,31 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
         return artifact_fraction(generator, artifact_segmenter, cfg.layer, units, width, cfg.effect_seed,
                                  cfg.effect_n, cfg.batch_size)
 
-    fraction["original"] = flagged([])
-    effects = {u: fraction["original"] - flagged([u])
-               for u in tqdm(by_iou[:candidates], desc="ablation effect of candidates", unit="unit", leave=False)}
+    # under ddp each process ablates its share of the candidates (the processes exist since the dissection)
+    rank, world = _rank_and_world()
+    fraction["original"] = _from_rank_zero(flagged([]))
+    mine = by_iou[:candidates][rank::world]
+    effects = _from_all_ranks({u: fraction["original"] - flagged([u])
+                               for u in tqdm(mine, desc="ablation effect of candidates", unit="unit", leave=False)})
     chosen = choose_units(iou, effects, k)
     rng = np.random.default_rng(cfg.random_seed)
     others = [u for u in range(width) if u not in chosen]
     random_sets = [sorted(rng.choice(others, size=len(chosen), replace=False).tolist())
                    for _ in range(cfg.random_draws)] if chosen else []
+    chosen, random_sets = _from_rank_zero((chosen, random_sets))
     variants = {"original": [], **({"repaired": chosen} if chosen else {}),
                 **{f"random{i}": units for i, units in enumerate(random_sets)}}
+    lap("unit_effects_s")
 
     real = real_statistics(cfg, fd, run_dir)
+    lap("real_statistics_s")
     module = RepairModule(generator, cfg.layer, width, variants, fd, real, cfg.fd_seed, cfg.fd_n, cfg.batch_size)
     d = cfg.devices
     trainer = pl.Trainer(accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
                          default_root_dir=str(run_dir), callbacks=[RepairProgressBar()])
-    fd_start = time.perf_counter()
     trainer.validate(module, verbose=False)
-    fd_seconds = time.perf_counter() - fd_start
+    lap("fd_pass_s")
     if not trainer.is_global_zero:
         return {}
     generator = generator.cpu()
@@ -514,13 +559,13 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
                "random": random_fd,
                "random_mean": float(np.mean(random_fd)) if random_fd else None,
                "random_std": float(np.std(random_fd, ddof=1)) if len(random_fd) > 1 else None},
-        "timing": {"fd_pass_s": round(fd_seconds, 1), "machine": machine_description(), "processes":
-                   trainer.world_size},
+        "timing": {**seconds, "machine": machine_description(), "processes": trainer.world_size},
     }
     if planted:
         result["planted"] = planted_recovery(planted, [r["unit"] for r in result["ranking"]], chosen, effects, k)
     result["checkpoint"] = _save_repaired(generator, cfg.layer, width, chosen, run_dir, planted)
     _write_pictures(generator, artifact_segmenter, cfg, width, chosen, random_sets, run_dir)
+    lap("fractions_checkpoint_pictures_s")
     result["timing"]["wall_s"] = round(time.perf_counter() - start, 1)
     write_json(run_dir / "repair.json", result)
     write_repair_report(run_dir, result, layer)
