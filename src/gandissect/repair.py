@@ -414,15 +414,6 @@ def _from_all_ranks(mine: dict) -> dict:
     return {k: v for part in gathered for k, v in part.items()}
 
 
-def _from_rank_zero(value):
-    """Rank 0's ``value`` on every process, so that all of them ablate the same units."""
-    if _rank_and_world()[1] == 1:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _fd_backbone(cfg: RepairConfig) -> str:
     if cfg.fd_backbone == "auto":
         return "inception" if cfg.inception_weights else "scenes"
@@ -506,18 +497,19 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
         return artifact_fraction(generator, artifact_segmenter, cfg.layer, units, width, cfg.effect_seed,
                                  cfg.effect_n, cfg.batch_size)
 
-    # under ddp each process ablates its share of the candidates (the processes exist since the dissection)
+    # the original and each candidate ablated alone; under ddp each process measures its share (the processes
+    # exist since the dissection), and all of them then choose the same units from the same gathered numbers
     rank, world = _rank_and_world()
-    fraction["original"] = _from_rank_zero(flagged([]))
-    mine = by_iou[:candidates][rank::world]
-    effects = _from_all_ranks({u: fraction["original"] - flagged([u])
-                               for u in tqdm(mine, desc="ablation effect of candidates", unit="unit", leave=False)})
+    ablations = [()] + [(u,) for u in by_iou[:candidates]]
+    measured = _from_all_ranks({units: flagged(list(units)) for units in tqdm(
+        ablations[rank::world], desc="ablation effect of candidates", unit="ablation", leave=False)})
+    fraction["original"] = measured[()]
+    effects = {u: fraction["original"] - measured[(u,)] for u in by_iou[:candidates]}
     chosen = choose_units(iou, effects, k)
     rng = np.random.default_rng(cfg.random_seed)
     others = [u for u in range(width) if u not in chosen]
     random_sets = [sorted(rng.choice(others, size=len(chosen), replace=False).tolist())
                    for _ in range(cfg.random_draws)] if chosen else []
-    chosen, random_sets = _from_rank_zero((chosen, random_sets))
     variants = {"original": [], **({"repaired": chosen} if chosen else {}),
                 **{f"random{i}": units for i, units in enumerate(random_sets)}}
     lap("unit_effects_s")
