@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/train_speed.py
 	$(VENV)/bin/python bench/fid_speed.py
 	$(VENV)/bin/python bench/dissect_speed.py
+	$(VENV)/bin/python bench/artifact_maps.py
 
 clean:
 	rm -rf $(VENV) runs
