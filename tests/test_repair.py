@@ -14,7 +14,8 @@ from gandissect.errors import BadValueError
 from gandissect.fid import scene_batches
 from gandissect.models.progan import ProGANGenerator, load_discriminator, load_generator
 from gandissect.nethook import NetHook, UnknownLayerError
-from gandissect.repair import ArtifactSegmenter, PlantedArtifacts, ablation_alpha, fold_ablation
+from gandissect.intervene import unit_alpha
+from gandissect.repair import ArtifactSegmenter, PlantedArtifacts, fold_ablation
 from gandissect.runs import read_offline_history
 
 from .conftest import REPO, console_script
@@ -55,7 +56,7 @@ def test_folded_checkpoint_gives_exactly_the_hooked_ablation(shipped_generator, 
     with torch.no_grad():
         original = shipped_generator(z)
         with NetHook(shipped_generator, ["layer4"]) as hook:
-            hook.edit("layer4", ablation_alpha(units, 128), value=0.0)
+            hook.edit("layer4", unit_alpha(units, 128), value=0.0)
             ablated = hook(z)
         assert torch.equal(reloaded(z), ablated)
         assert not torch.equal(ablated, original)  # the ablation does change the images ...
@@ -126,6 +127,15 @@ def test_repair_command_end_to_end(isolated_runs):
     history = read_offline_history(run / "wandb")
     logged = {key for row in history for key in row}
     assert {"fd/original", "fd/repaired", "fd/random_mean", "units", "images/before_after"} <= logged
+    # the flagged shares of the table are measured on the FD latents, not on those the units were chosen on
+    assert result["artifact_fraction"]["seed"] == fd["seed"] != result["artifact_fraction"]["selection"]["seed"]
+
+    # a rerun under the same name with another artifact segmenter starts its dissection over, not fails
+    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", *TINY, "artifact.calibration_n=32")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((run / "repair.json").read_text())
+    assert rerun["artifact_segmenter"]["calibration"]["n"] == 32
+    assert rerun["artifact_segmenter"]["threshold"] != result["artifact_segmenter"]["threshold"]
 
 
 def test_repair_refuses_a_bad_layer_with_the_layer_list(isolated_runs):
@@ -135,6 +145,13 @@ def test_repair_refuses_a_bad_layer_with_the_layer_list(isolated_runs):
     assert done.returncode == 2
     assert "layer44" in done.stderr and "layer4" in done.stderr
     assert not (isolated_runs / "repair").exists()
+
+
+def test_repair_refuses_more_units_than_the_random_draws_can_avoid(isolated_runs):
+    done = _repair("big-k", "k=65", "wandb.mode=disabled")
+    assert done.returncode == 2
+    assert "k=65" in done.stderr and "k <= 64" in done.stderr
+    assert not (isolated_runs / "big-k").exists()
 
 
 def test_two_ddp_processes_choose_the_same_units_and_fds_as_one(tmp_path):

@@ -34,11 +34,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gandissect.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
-from gandissect.config import DissectConfig, RepairConfig, to_dict
+from gandissect.config import DissectConfig, RepairConfig, WandbConfig, to_dict
 from gandissect.data import scenes
-from gandissect.data.latents import seeded_latents
+from gandissect.data.latents import generated_batches, seeded_latents
 from gandissect.errors import BadValueError, ConfigError
 from gandissect.fid import FrechetDistance, build_fd, feed, load_statistics, save_statistics, scene_batches
+from gandissect.intervene import ablate, unit_alpha
 from gandissect.io import figure_array, image_grid, save_image, sha256_file, write_json
 from gandissect.models.progan import ProGANDiscriminator, ProGANGenerator
 from gandissect.nethook import NetHook, UnknownLayerError, layer_names
@@ -286,25 +287,13 @@ def fold_ablation(generator: nn.Module, layer: str, units: list[int]) -> nn.Modu
     return folded
 
 
-def ablation_alpha(units: list[int], width: int) -> torch.Tensor:
-    alpha = torch.zeros(width)
-    alpha[list(units)] = 1.0
-    return alpha
-
-
 @torch.no_grad()
 def artifact_fraction(generator: nn.Module, artifact_segmenter: ArtifactSegmenter, layer: str, units: list[int],
                       width: int, seed: int, n: int, batch_size: int) -> float:
     """The share of pixels flagged as artifact over latents 0..n-1 of ``seed``, with ``units`` ablated."""
-    flagged = total = 0
     with NetHook(generator, [layer]) as hook:
-        if units:
-            hook.edit(layer, ablation_alpha(units, width), value=0.0)
-        for start in range(0, n, batch_size):
-            z = seeded_latents(seed, min(batch_size, n - start), generator.latent_dim, start)
-            labels = artifact_segmenter.labels(hook(z).clamp(-1, 1))
-            flagged, total = flagged + int(labels.sum()), total + labels.numel()
-    return flagged / total
+        hook.edit(layer, unit_alpha(units, width), value=0.0)
+        return artifact_segmenter.flag_rate(generated_batches(generator, seed, n, batch_size))
 
 
 def choose_units(iou: list[float], effects: dict[int, float], k: int) -> list[int]:
@@ -337,8 +326,8 @@ class RepairModule(pl.LightningModule):
             metric = FrechetDistance(fd.backbone, fd.num_features, name=fd.name)
             metric.set_real_statistics(*real)
             self.fds[name] = metric
-        self.fd_name = fd.name
         self.values: dict[str, float] = {}
+        self._hook: NetHook | None = None
 
     def val_dataloader(self) -> DataLoader:
         from gandissect.dissect import LatentBatches
@@ -355,14 +344,20 @@ class RepairModule(pl.LightningModule):
         for name, units in self.variants.items():
             self._hook.clear_edit()
             if units:
-                self._hook.edit(self.layer, ablation_alpha(units, self.width).to(z.device), value=0.0)
+                self._hook.edit(self.layer, unit_alpha(units, self.width).to(z.device), value=0.0)
             self.fds[name].update(self._hook(z).clamp(-1, 1), real=False)
 
     def on_validation_epoch_end(self) -> None:
         self.values = {name: float(metric.compute()) for name, metric in self.fds.items()}
 
     def on_validation_end(self) -> None:
-        self._hook.remove()
+        self.remove_hook()
+
+    def remove_hook(self) -> None:
+        """Leave the generator as it was (also called when the pass fails)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
 
 class RepairProgressBar(pl.callbacks.TQDMProgressBar):
@@ -371,14 +366,20 @@ class RepairProgressBar(pl.callbacks.TQDMProgressBar):
         return f"FD of {len(self.trainer.lightning_module.variants)} generators"
 
 
-def real_statistics(cfg: RepairConfig, fd: FrechetDistance, run_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """The real side: ``cfg.real_stats`` if given, else scenes of world ``real_seed`` (cached in the run)."""
-    path = Path(cfg.real_stats) if cfg.real_stats else run_dir / f"real_stats_{cfg.real_seed}_{cfg.real_n}.npz"
+def real_statistics(cfg: RepairConfig, fd: FrechetDistance, size: int,
+                    run_dir: Path) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """The real side: ``cfg.real_stats`` if given, else ``size``-pixel scenes of world ``real_seed``, cached in
+    the run under a name that records the metric, its weights, the size and the scenes."""
+    backbone_file = cfg.inception_weights if fd.backbone == "inception" else cfg.segmenter
+    cached = f"real_stats_{fd.name}_{size}px_seed{cfg.real_seed}_n{cfg.real_n}_{sha256_file(backbone_file)[:12]}.npz"
+    path = Path(cfg.real_stats) if cfg.real_stats else run_dir / cached
     if not path.is_file() and cfg.real_stats is None:
         # under ddp each process feeds its share of the scenes, and the metric sums the statistics over processes
         share = _rank_and_world()
         metric = FrechetDistance(fd.backbone, fd.num_features, name=fd.name)
-        feed(metric, scene_batches(cfg.real_seed, cfg.real_n, 64, cfg.batch_size, share), real=True,
+        if share[1] > 1 and torch.distributed.get_backend() == "nccl":  # NCCL gathers CUDA tensors only
+            metric = metric.to(torch.device("cuda", torch.cuda.current_device()))
+        feed(metric, scene_batches(cfg.real_seed, cfg.real_n, size, cfg.batch_size, share), real=True,
              total=len(range(share[0], cfg.real_n, share[1])), desc=f"real statistics ({fd.name})")
         mu, sigma = metric.statistics(real=True)
         if share[0] == 0:
@@ -387,7 +388,7 @@ def real_statistics(cfg: RepairConfig, fd: FrechetDistance, run_dir: Path) -> tu
     stats = load_statistics(path)
     if stats["name"] not in (None, fd.name):
         raise ConfigError(f"real_stats {path} holds {stats['name']} statistics; this repair measures {fd.name}")
-    return stats["mu"], stats["sigma"], stats["count"] or cfg.real_n
+    return stats["mu"], stats["sigma"], stats["count"]
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -426,7 +427,8 @@ def _artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: s
     import json
 
     path, record_path = run_dir / "artifact_segmenter.safetensors", run_dir / "artifact_segmenter.json"
-    key = {"artifact": to_dict(cfg.artifact), "generator": generator_id, "batch_size": cfg.batch_size}
+    key = {"artifact": to_dict(cfg.artifact), "discriminator_sha256": sha256_file(cfg.artifact.discriminator),
+           "generator": generator_id, "plant": to_dict(cfg.plant), "batch_size": cfg.batch_size}
     if path.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("key") == key:
@@ -438,15 +440,26 @@ def _artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: s
     return segmenter, record
 
 
-def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter: ArtifactSegmenter, run_dir: Path) -> dict:
+def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter: ArtifactSegmenter, segmenter_key: dict,
+                       run_dir: Path) -> dict:
+    """The dissection of the artifact class at ``cfg.layer``; an interrupted one is resumed, one made with other
+    settings (another artifact segmenter, n, seed or layer) is started over."""
     import json
 
     from gandissect.dissect import run_dissection
 
+    dissect_dir = run_dir / "dissect"
+    key = {"artifact_segmenter": segmenter_key, "layer": cfg.layer, "n": cfg.dissect_n, "seed": cfg.dissect_seed}
+    key_path = dissect_dir / "repair_key.json"
+    if not key_path.is_file() or json.loads(key_path.read_text()) != key:
+        (dissect_dir / "tally.pt").unlink(missing_ok=True)  # a tally of other settings: this run's own cache
+        dissect_dir.mkdir(parents=True, exist_ok=True)
+        write_json(key_path, key)
     dcfg = DissectConfig(name=f"{cfg.name}-artifact-dissection", generator=cfg.generator,
                          segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[cfg.layer],
-                         n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices, wandb=cfg.wandb)
-    result = run_dissection(dcfg, run_dir=run_dir / "dissect", generator=generator, segmenter=segmenter)
+                         n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices,
+                         wandb=WandbConfig(mode="disabled"))  # one W&B run per repair: the repair's own
+    result = run_dissection(dcfg, run_dir=dissect_dir, generator=generator, segmenter=segmenter)
     _barrier()
     if not result:  # a ddp process other than rank 0: read what rank 0 wrote
         result = json.loads((run_dir / "dissect" / "dissect.json").read_text())
@@ -466,8 +479,11 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
     base = load_generator(cfg.generator) if generator is None else generator.eval()
     width = layer_shapes(base, [cfg.layer])[cfg.layer][0]  # also refuses an unknown layer, listing the layers
     k = cfg.k or default_k(width)
-    if k >= width:
-        raise ConfigError(f"k={k} units of {cfg.layer}'s {width} leave nothing to compare against; use k < {width}")
+    if 2 * k > width:
+        raise ConfigError(f"k={k} of {cfg.layer}'s {width} units: the random draws need k units outside the chosen "
+                          f"ones; use k <= {width // 2}")
+    if cfg.candidates and cfg.candidates < k:
+        raise ConfigError(f"candidates={cfg.candidates} < k={k}: k units are chosen among the candidates")
     candidates = min(width, cfg.candidates or 4 * k)
     planted = cfg.plant.units
     generator = PlantedArtifacts(base, cfg.layer, planted, cfg.plant.quantile, cfg.plant.calibration_n) \
@@ -487,15 +503,14 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
 
     artifact_segmenter, artifact_record = _artifact_segmenter(cfg, generator, generator_id, run_dir)
     lap("artifact_segmenter_s")
-    layer = _dissect_artifacts(cfg, generator, artifact_segmenter, run_dir)
+    layer = _dissect_artifacts(cfg, generator, artifact_segmenter, artifact_record["key"], run_dir)
     lap("artifact_dissection_s")
     iou = layer["iou_by_class"]["artifact"]
     by_iou = sorted(range(width), key=lambda u: (-iou[u], u))
-    fraction = {"seed": cfg.effect_seed, "n": cfg.effect_n}
 
-    def flagged(units: list[int]) -> float:
-        return artifact_fraction(generator, artifact_segmenter, cfg.layer, units, width, cfg.effect_seed,
-                                 cfg.effect_n, cfg.batch_size)
+    def flagged(units: list[int], seed: int = cfg.effect_seed) -> float:
+        return artifact_fraction(generator, artifact_segmenter, cfg.layer, units, width, seed, cfg.effect_n,
+                                 cfg.batch_size)
 
     # the original and each candidate ablated alone; under ddp each process measures its share (the processes
     # exist since the dissection), and all of them then choose the same units from the same gathered numbers
@@ -503,8 +518,8 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
     ablations = [()] + [(u,) for u in by_iou[:candidates]]
     measured = _from_all_ranks({units: flagged(list(units)) for units in tqdm(
         ablations[rank::world], desc="ablation effect of candidates", unit="ablation", leave=False)})
-    fraction["original"] = measured[()]
-    effects = {u: fraction["original"] - measured[(u,)] for u in by_iou[:candidates]}
+    selection = {"seed": cfg.effect_seed, "n": cfg.effect_n, "original": measured[()]}
+    effects = {u: selection["original"] - measured[(u,)] for u in by_iou[:candidates]}
     chosen = choose_units(iou, effects, k)
     rng = np.random.default_rng(cfg.random_seed)
     others = [u for u in range(width) if u not in chosen]
@@ -514,21 +529,30 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
                 **{f"random{i}": units for i, units in enumerate(random_sets)}}
     lap("unit_effects_s")
 
-    real = real_statistics(cfg, fd, run_dir)
+    if world > 1 and math.ceil(cfg.fd_n / cfg.batch_size) < world:
+        raise ConfigError(f"fd_n={cfg.fd_n} in batches of {cfg.batch_size} leaves some of the {world} processes "
+                          "without a batch; use fd_n >= batch_size * processes")
+    real = real_statistics(cfg, fd, generator.resolution, run_dir)
     lap("real_statistics_s")
     module = RepairModule(generator, cfg.layer, width, variants, fd, real, cfg.fd_seed, cfg.fd_n, cfg.batch_size)
     d = cfg.devices
     trainer = pl.Trainer(accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
                          default_root_dir=str(run_dir), callbacks=[RepairProgressBar()])
-    trainer.validate(module, verbose=False)
+    try:
+        trainer.validate(module, verbose=False)
+    finally:
+        module.remove_hook()
     lap("fd_pass_s")
     if not trainer.is_global_zero:
         return {}
     generator = generator.cpu()
+    # the table's shares are measured on the FD latents: on the latents the units were chosen on they flatter them
+    fraction = {"seed": cfg.fd_seed, "n": cfg.effect_n, "original": flagged([], cfg.fd_seed)}
     if chosen:
-        fraction["repaired"] = flagged(chosen)
-        fraction["random"] = [flagged(units) for units in random_sets]
+        fraction["repaired"] = flagged(chosen, cfg.fd_seed)
+        fraction["random"] = [flagged(units, cfg.fd_seed) for units in random_sets]
+    fraction["selection"] = selection
 
     values = module.values
     random_fd = [values[f"random{i}"] for i in range(len(random_sets))]
@@ -554,7 +578,7 @@ def run_repair(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Mod
         "timing": {**seconds, "machine": machine_description(), "processes": trainer.world_size},
     }
     if planted:
-        result["planted"] = planted_recovery(planted, [r["unit"] for r in result["ranking"]], chosen, effects, k)
+        result["planted"] = planted_recovery(planted, by_iou, chosen, effects, k)
     result["checkpoint"] = _save_repaired(generator, cfg.layer, width, chosen, run_dir, planted)
     _write_pictures(generator, artifact_segmenter, cfg, width, chosen, random_sets, run_dir)
     lap("fractions_checkpoint_pictures_s")
@@ -589,7 +613,7 @@ def _save_repaired(generator: nn.Module, layer: str, width: int, chosen: list[in
     folded = fold_ablation(generator, layer, chosen)
     z = seeded_latents(0, 8, generator.latent_dim)
     with torch.no_grad(), NetHook(generator, [layer]) as hook:
-        hook.edit(layer, ablation_alpha(chosen, width), value=0.0)
+        hook.edit(layer, unit_alpha(chosen, width), value=0.0)
         identical = torch.equal(folded(z), hook(z))
     if not identical:
         raise BadValueError(f"the folded generator differs from the hooked ablation of {layer}; not saved")
@@ -606,14 +630,6 @@ def _save_repaired(generator: nn.Module, layer: str, width: int, chosen: list[in
 SHOWN = 12  # latents of the FD stream shown in the before/after pictures
 
 
-@torch.no_grad()
-def _variant_images(generator: nn.Module, layer: str, width: int, units: list[int], z: torch.Tensor) -> torch.Tensor:
-    with NetHook(generator, [layer]) as hook:
-        if units:
-            hook.edit(layer, ablation_alpha(units, width), value=0.0)
-        return hook(z).clamp(-1, 1)
-
-
 def overlay(images: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
     """Images with their flagged pixels (N, 1, H, W) tinted red."""
     return torch.where(flagged.bool(), 0.4 * images + 0.6 * ARTIFACT_TINT, images)
@@ -622,11 +638,11 @@ def overlay(images: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
 def _write_pictures(generator, artifact_segmenter, cfg: RepairConfig, width: int, chosen: list[int],
                     random_sets: list[list[int]], run_dir: Path) -> None:
     z = seeded_latents(cfg.fd_seed, SHOWN, generator.latent_dim)
-    original = _variant_images(generator, cfg.layer, width, [], z)
-    rows = [original]
-    if chosen:
-        rows += [_variant_images(generator, cfg.layer, width, chosen, z),
-                 _variant_images(generator, cfg.layer, width, random_sets[0], z)]
+    with torch.no_grad():
+        original = generator(z).clamp(-1, 1)
+        rows = [original]
+        if chosen:
+            rows += [ablate(generator, cfg.layer, z, units, width) for units in (chosen, random_sets[0])]
     save_image(run_dir / "before_after.png", image_grid(scenes.to_uint8(torch.cat(rows)), columns=SHOWN), scale=2)
     marked = [overlay(images, artifact_segmenter.labels(images)) for images in rows[:2]]
     save_image(run_dir / "artifacts.png", image_grid(scenes.to_uint8(torch.cat([original, *marked])),
