@@ -371,7 +371,8 @@ def real_statistics(cfg: RepairConfig, fd: FrechetDistance, size: int,
     """The real side: ``cfg.real_stats`` if given, else ``size``-pixel scenes of world ``real_seed``, cached in
     the run under a name that records the metric, its weights, the size and the scenes."""
     backbone_file = cfg.inception_weights if fd.backbone == "inception" else cfg.segmenter
-    cached = f"real_stats_{fd.name}_{size}px_seed{cfg.real_seed}_n{cfg.real_n}_{sha256_file(backbone_file)[:12]}.npz"
+    weights = sha256_file(backbone_file)[:12] if backbone_file else "pytorch-fid"  # None: pytorch-fid's own cache
+    cached = f"real_stats_{fd.name}_{size}px_seed{cfg.real_seed}_n{cfg.real_n}_{weights}.npz"
     path = Path(cfg.real_stats) if cfg.real_stats else run_dir / cached
     if not path.is_file() and cfg.real_stats is None:
         # under ddp each process feeds its share of the scenes, and the metric sums the statistics over processes
