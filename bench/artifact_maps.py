@@ -15,10 +15,12 @@ import time
 import torch
 
 import gandissect  # noqa: F401
-from gandissect.data.latents import seeded_latents
-from gandissect.fid import scene_batches
+from gandissect.core.latents import seeded_latents
+from gandissect.data.images import scene_batches
 from gandissect.models.progan import load_discriminator, load_generator
-from gandissect.repair import ArtifactSegmenter, PlantedArtifacts, finetune_discriminator
+from gandissect.models.artifact_segmenter import ArtifactSegmenter
+from gandissect.models.planted import PlantedArtifacts
+from gandissect.steps.artifacts import finetune_discriminator
 
 CANDIDATES = [("saliency", None), ("gradcam", "layer1"), ("gradcam", "layer3"), ("gradcam", "layer5"),
               ("gradcam", "layer7")]

@@ -32,7 +32,7 @@ def plain(n: int, batch_size: int) -> dict:
     import torch
 
     import gandissect  # noqa: F401
-    from gandissect.data.latents import seeded_latents
+    from gandissect.core.latents import seeded_latents
     from gandissect.models.progan import load_generator
     from gandissect.models.segmenter import SceneSegmenter
 
@@ -49,7 +49,7 @@ def plain(n: int, batch_size: int) -> dict:
 def dissect(n: int, batch_size: int, layers: str, run_dir: str) -> dict:
     import gandissect  # noqa: F401
     from gandissect.config import DissectConfig, load_config
-    from gandissect.dissect import run_dissection
+    from gandissect.steps.dissect import run_dissection
 
     cfg = load_config(DissectConfig, REPO / "experiments/scenes/dissect.yaml", [
         f"generator={REPO / 'checkpoints/scene_gan_generator.safetensors'}",
@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     import gandissect  # noqa: F401
-    from gandissect.train import machine_description
+    from gandissect.core.runs import machine_description
 
     forwards, bigs, smalls = [], [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from gandissect.data import scenes
-from gandissect.fid import build_fd, frechet_distance, random_inception_weights
+from gandissect.metrics.fid import build_fd, frechet_distance, random_inception_weights
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.train import machine_description
+from gandissect.core.runs import machine_description
 
 SEGMENTER = Path(__file__).resolve().parents[1] / "checkpoints" / "scene_segmenter.safetensors"
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gandissect.data import scenes
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.train import machine_description
+from gandissect.core.runs import machine_description
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Runs the real GANModule through the Lightning Trainer (W&B, FD and sample grids off) and times the
 steps after a warm-up, so the figure is what `gandissect train gan` achieves between evaluations.
 
-    python bench/train_speed.py [--steps 40] [--warmup 5] [--set trainer.accelerator=gpu]
+    python bench/train_speed.py [--steps 40] [--warmup 5] [--set devices.accelerator=gpu]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from gandissect.config import GANTrainConfig, load_config  # gandissect first: it makes torchvision importable
-from gandissect.train import machine_description, train_gan
+from gandissect.core.runs import machine_description
+from gandissect.steps.train import train_gan
 
 import pytorch_lightning as pl  # noqa: E402,I100
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from gandissect.config import DissectConfig, load_config
-from gandissect.dissect import run_dissection
+from gandissect.steps.dissect import run_dissection
 
 REPO = Path(__file__).resolve().parents[1]
 

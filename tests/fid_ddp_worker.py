@@ -16,7 +16,7 @@ import gandissect  # noqa: F401  (makes torchvision, hence torchmetrics, importa
 import torch
 import torch.distributed as dist
 
-from gandissect.fid import FrechetDistance, build_fd
+from gandissect.metrics.fid import FrechetDistance, build_fd
 
 REAL_N, FAKE_N = 37, 41  # not multiples of the world size: the processes hold different counts
 

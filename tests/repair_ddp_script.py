@@ -1,11 +1,11 @@
-"""`run_repair` with 1 or 2 DDP processes on CPU (gloo). Lightning's ddp strategy starts the second process by
+"""`run_repair_pipeline` with 1 or 2 DDP processes on CPU (gloo). Lightning's ddp strategy starts the second process by
 running this file again, which is why it is a script and not a test function. Writes <run_dir>/repair.json."""
 
 import sys
 from pathlib import Path
 
 from gandissect.config import RepairConfig, load_config
-from gandissect.repair import run_repair
+from gandissect.pipelines import run_repair_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def main(run_dir: str, devices: int) -> None:
                 "real_n=96", "batch_size=16", "artifact.calibration_n=64", "artifact.check_n=0",
                 "artifact.finetune_steps=0", "wandb.mode=disabled", "devices.accelerator=cpu",
                 f"devices.devices={devices}", f"devices.strategy={'ddp' if devices > 1 else 'auto'}"]
-    run_repair(load_config(RepairConfig, None, settings), run_dir=Path(run_dir))
+    run_repair_pipeline(load_config(RepairConfig, None, settings), run_dir=Path(run_dir))
 
 
 if __name__ == "__main__":

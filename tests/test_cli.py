@@ -80,14 +80,16 @@ def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["segmentation"]["n"] == 16
     assert results["dissection"]["n"] == 64 and "dissect/index.html" in html
-    dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
-    assert "tree-ace" in dissection["layers"]["layer4"]["rankings"]  # the ACE step wrote its ranking there
+    ace = json.loads((run_dir / "ace" / "ace.json").read_text())  # ranked from the demo's own dissection
+    assert ace["ranking"]["name"] == "tree-ace"
+    assert ace["settings"]["dissection"] == str(run_dir / "dissect" / "dissect.json")
     assert set(results["ace"]["removal"]) == {"iou", "ace"} and "ace/index.html" in html
-    fd = results["repair"]["fd"]
-    assert fd["name"] == "FD-scenes" and fd["n"] == 160 and fd["original"] > 0 and fd["random_mean"] > 0
+    repaired = results["repair"]
+    assert repaired["fd_name"] == "FD-scenes" and repaired["fd_n"] == 160
+    assert repaired["fd_original"] > 0 and repaired["fd_random_mean"] > 0
     assert "repair/index.html" in html and (run_dir / "repair" / "before_after.png").is_file()
     assert html.index("Repair") < html.index("Dissection")  # the main job's result comes first
-    from gandissect.runs import read_offline_history
+    from gandissect.core.runs import read_offline_history
 
     rows = read_offline_history(run_dir / "wandb")  # the demo's own run; the dissection's is under dissect/
     assert rows and rows[0]["miou"] == pytest.approx(results["segmentation"]["miou"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gandissect.errors import BadValueError, CheckpointError
-from gandissect.fid import (FrechetDistance, build_fd, frechet_distance, load_statistics, random_inception_weights,
-                            save_statistics)
+from gandissect.metrics.fid import (FrechetDistance, build_fd, frechet_distance, load_statistics,
+                                    random_inception_weights, save_statistics)
 from pytorch_fid.fid_score import calculate_frechet_distance, compute_statistics_of_path
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script

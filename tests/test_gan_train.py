@@ -8,8 +8,8 @@ import torch
 
 from gandissect.config import GANTrainConfig, load_config
 from gandissect.models.progan import load_discriminator, load_generator
-from gandissect.runs import read_offline_history
-from gandissect.train import train_gan
+from gandissect.core.runs import read_offline_history
+from gandissect.steps.train import train_gan
 
 from .conftest import REPO
 from .gan_tiny import TINY

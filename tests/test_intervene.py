@@ -9,18 +9,19 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import gandissect  # noqa: F401
 from gandissect.cli import main
 from gandissect.config import AceConfig, load_config
 from gandissect.data import scenes
-from gandissect.data.latents import seeded_latents
-from gandissect.intervene import InterventionModule, ablate, ace, class_weighted_means, insert, removal_curve
+from gandissect.core.latents import seeded_latents
+from gandissect.core.hooks import ablate, insert
+from gandissect.metrics.intervention import ace, class_weighted_means, removal_curve
+from gandissect.steps.intervene import InterventionModule
+from gandissect.models.planted import PlantedTreePainter, tree_texture
 from gandissect.models.progan import load_generator
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.runs import read_offline_history
+from gandissect.core.runs import read_offline_history
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 
@@ -29,52 +30,11 @@ TREE = scenes.CLASSES.index("tree")
 PLANTED = 128  # index of the planted unit in the `planted` layer
 
 
-def tree_texture() -> torch.Tensor:
-    """(1, 3, 64, 64): an 8x8 patch of a real tree crown from the built-in world, tiled."""
-    for index in range(200):
-        image, label = scenes.render_scene(0, index, 64)
-        inside = F.avg_pool2d(torch.tensor(label == TREE).float()[None, None], 8, stride=1)[0, 0]
-        if inside.max() == 1:
-            y, x = divmod(int(inside.flatten().argmax()), inside.shape[1])
-            return scenes.to_tensor(image)[None, :, y:y + 8, x:x + 8].repeat(1, 1, 8, 8)
-    raise AssertionError("no scene with a tree crown of 8x8 pixels")
-
-
-class PlantedTreeGenerator(nn.Module):
-    """The shipped generator with a layer ``planted`` after its layer4: its 128 units feed the rest of the
-    generator; one more unit (128) paints a tree texture over its cells, blended by
-    4 * value - 1 (clamped to [0, 1]). Left alone, that unit is 1 on one 2x2-cell block per image (placed by the
-    latent), else 0."""
-
-    def __init__(self, generator: nn.Module, texture: torch.Tensor):
-        super().__init__()
-        self.generator, self.latent_dim = generator, generator.latent_dim
-        self.planted = nn.Identity()
-        self.register_buffer("texture", texture)
-
-    def forward(self, z):
-        g = self.generator
-        x = z.view(len(z), -1, 1, 1)
-        for name in g.layer_names[:4]:
-            x = getattr(g, name)(x)
-        block = torch.zeros(len(z), 1, 8, 8, device=z.device)
-        corner = (z[:, 0] * 1000).long() % 7
-        for i, c in enumerate(corner.tolist()):
-            block[i, 0, c:c + 2, 6 - c:8 - c] = 1.0
-        r = self.planted(torch.cat([x, block], dim=1))
-        x = r[:, :PLANTED]
-        for name in g.layer_names[4:]:
-            x = getattr(g, name)(x)
-        # the blend saturates (like a ReLU network's units): any value from 0.5 on paints a full tree
-        paint = F.interpolate((4 * r[:, PLANTED:] - 1).clamp(0, 1), size=x.shape[-2:], mode="nearest")
-        return (1 - paint) * x + paint * self.texture
-
-
 @pytest.fixture(scope="module")
 def models():
     generator = load_generator(SHIPPED_GAN).eval().requires_grad_(False)
     segmenter = SceneSegmenter.load(SHIPPED_SEGMENTER).eval().requires_grad_(False)
-    planted = PlantedTreeGenerator(generator, tree_texture()).eval()
+    planted = PlantedTreePainter(generator, tree_texture()).eval()
     constants = class_weighted_means(planted, segmenter, "planted", TREE, seed=0, n=64)
     return generator, segmenter, planted, constants
 
@@ -158,7 +118,7 @@ def ace_run(tmp_path_factory):
     return done, runs / "tiny"
 
 
-def test_the_ace_command_writes_its_run_logs_to_wandb_and_adds_the_ranking(ace_run):
+def test_the_ace_command_writes_its_run_logs_to_wandb_and_keeps_the_ranking(ace_run):
     done, run_dir = ace_run
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout)
@@ -171,10 +131,13 @@ def test_the_ace_command_writes_its_run_logs_to_wandb_and_adds_the_ranking(ace_r
     for name in ("ace.json", "index.html", "removal.png", "edits.png", "config.yaml"):
         assert (run_dir / name).exists(), name
 
-    dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
-    ranking = dissection["layers"]["layer4"]["rankings"]["tree-ace"]
-    assert ranking["units"] == result["rankings"]["ace"]
+    # the ranking is kept in the ACE run's own ace.json, which names the dissection it used; that is left as it was
+    ranking = result["ranking"]
+    assert ranking["name"] == "tree-ace" and ranking["units"] == result["rankings"]["ace"]
     assert ranking["alpha"] == sorted(ranking["alpha"], reverse=True)
+    assert result["settings"]["dissection"] == str(run_dir / "dissect" / "dissect.json")
+    dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
+    assert "rankings" not in dissection["layers"]["layer4"]
 
     rows = read_offline_history(run_dir)
     logged = set().union(*rows)
@@ -203,5 +166,5 @@ def test_two_ddp_processes_learn_alpha_and_write_one_result(tmp_path):
     result = json.loads((tmp_path / "ddp" / "ace.json").read_text())
     assert result["timing"]["processes"] == 2
     assert all(0 <= a <= 1 for a in result["alpha"]) and sorted(result["rankings"]["ace"]) == list(range(128))
-    ranking = json.loads((tmp_path / "ddp" / "dissect" / "dissect.json").read_text())["layers"]["layer4"]["rankings"]
-    assert ranking["tree-ace"]["units"] == result["rankings"]["ace"]
+    assert result["ranking"]["units"] == result["rankings"]["ace"]
+    assert result["settings"]["dissection"] == str(tmp_path / "ddp" / "dissect" / "dissect.json")

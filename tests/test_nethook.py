@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.models.progan import ProGANGenerator
-from gandissect.nethook import NetHook, UnknownLayerError, layer_names
+from gandissect.core.hooks import NetHook, UnknownLayerError, layer_names
 
 UNITS = 8  # every generator layer is 8 units wide; layer3/layer4 are 8x8, layer5/layer6 16x16
 

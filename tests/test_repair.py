@@ -9,14 +9,16 @@ import pytest
 import torch
 
 import gandissect  # noqa: F401
-from gandissect.data.latents import seeded_latents
+from gandissect.core.latents import seeded_latents
 from gandissect.errors import BadValueError
-from gandissect.fid import scene_batches
+from gandissect.data.images import scene_batches
 from gandissect.models.progan import ProGANGenerator, load_discriminator, load_generator
-from gandissect.nethook import NetHook, UnknownLayerError
-from gandissect.intervene import unit_alpha
-from gandissect.repair import ArtifactSegmenter, PlantedArtifacts, fold_ablation
-from gandissect.runs import read_offline_history
+from gandissect.core.hooks import NetHook, UnknownLayerError
+from gandissect.core.hooks import unit_alpha
+from gandissect.core.hooks import fold_ablation
+from gandissect.models.artifact_segmenter import ArtifactSegmenter
+from gandissect.models.planted import PlantedArtifacts
+from gandissect.core.runs import read_offline_history
 
 from .conftest import REPO, console_script
 

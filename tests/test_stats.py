@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from gandissect.errors import BadValueError
-from gandissect.stats import UnitClassIoU, UnitQuantile, UnitTopK, _merge_topk, calibrated_edges, upsampled_masks
+from gandissect.metrics.unit_stats import (UnitClassIoU, UnitQuantile, UnitTopK, _merge_topk, calibrated_edges,
+                                           upsampled_masks)
 
 
 def _unit_values(n: int) -> torch.Tensor:

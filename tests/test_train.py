@@ -4,8 +4,8 @@ import pytest
 
 from gandissect.config import SegmenterTrainConfig, load_config
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.runs import read_offline_history
-from gandissect.train import train_segmenter
+from gandissect.core.runs import read_offline_history
+from gandissect.steps.train import train_segmenter
 
 from .conftest import REPO
 

@@ -1,21 +1,37 @@
-"""Experiment configs: YAML files read into dataclasses, with unknown keys refused by name.
+"""Experiment configs: typed dataclasses read with OmegaConf (YAML plus ``key.sub=value`` overrides).
 
-Each command declares its config as nested dataclasses with defaults. ``load_config`` reads a YAML
-file, applies ``key.sub=value`` overrides from the command line, and checks every key, so a typo
-such as ``batchsize`` stops the run before it starts instead of being silently ignored.
+Each command declares its config as nested dataclasses with defaults. ``load_config`` merges a YAML file and the
+command line's overrides onto that schema: values are checked and converted against the type hints
+(``--set optim.lr=1e-3`` is a float, ``--set n=abc`` is refused), unknown keys are refused by name, and each
+dataclass checks its own ranges in ``__post_init__``. Every problem is one ConfigError line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from gandissect import defaults
 from gandissect.errors import ConfigError
+
+CHILD_PROCESS_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _positive(config, *names: str) -> None:
+    bad = [f"{name}={getattr(config, name)}" for name in names if not getattr(config, name) >= 1]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
+
+
+def _check_name(name: str) -> None:
+    if not name or not name.strip() or "/" in name or name in (".", ".."):
+        raise ConfigError(f"name={name!r}: expected a run name (a folder name under runs/, not empty, no '/')")
 
 
 @dataclass
@@ -30,16 +46,33 @@ class WandbConfig:
 
 
 @dataclass
-class TrainerConfig:
-    """Passed to ``pytorch_lightning.Trainer`` as they are."""
+class DevicesConfig:
+    """Where a command runs, passed to ``pytorch_lightning.Trainer`` by ``core.distributed.build_trainer``:
+    ``devices: 2, strategy: ddp`` splits the work over two processes, ``num_nodes`` over machines."""
 
-    max_steps: int = 1000
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
+    num_nodes: int = 1
     precision: Any = "32-true"
+
+    def __post_init__(self):
+        if self.strategy.startswith(CHILD_PROCESS_STRATEGIES):
+            raise ConfigError(f"devices.strategy {self.strategy!r} runs the work in child processes whose results "
+                              "do not come back; use ddp (run from a script or the command line)")
+        _positive(self, "num_nodes")
+
+
+@dataclass
+class TrainerConfig:
+    """Steps and logging of a training run (where it runs: ``devices``)."""
+
+    max_steps: int = 1000
     val_check_interval: int = 500
     log_every_n_steps: int = 25
+
+    def __post_init__(self):
+        _positive(self, "max_steps", "val_check_interval", "log_every_n_steps")
 
 
 @dataclass
@@ -72,7 +105,11 @@ class SegmenterTrainConfig:
     data: SegmenterDataConfig = field(default_factory=SegmenterDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        _check_name(self.name)
 
 
 @dataclass
@@ -88,6 +125,9 @@ class GANDataConfig:
     batch_size: int = 32
     train_seed: int = 0
     num_workers: int = 1
+
+    def __post_init__(self):
+        _positive(self, "batch_size")
 
 
 @dataclass
@@ -107,7 +147,7 @@ class GANOptimConfig:
 
 @dataclass
 class GANMonitorConfig:
-    segmenter: str = "checkpoints/scene_segmenter.safetensors"  # its features give FD-scenes
+    segmenter: str = defaults.SCENE_SEGMENTER  # its features give FD-scenes
     fd_every: int = 1000           # steps between FD-scenes evaluations of the EMA generator (0: none)
     fd_n: int = 1000               # generated images per evaluation
     fd_real_n: int = 2000          # real scenes for the reference statistics
@@ -129,41 +169,40 @@ class GANTrainConfig:
     optim: GANOptimConfig = field(default_factory=GANOptimConfig)
     monitor: GANMonitorConfig = field(default_factory=GANMonitorConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        _check_name(self.name)
 
 
 @dataclass
 class DemoConfig:
     name: str = "demo"
-    segmenter: str = "checkpoints/scene_segmenter.safetensors"
+    segmenter: str = defaults.SCENE_SEGMENTER
     n: int = 64
     seed: int = 12345
     size: int = 64
     stats_n: int = 500
-    generator: str = "checkpoints/scene_gan_generator.safetensors"
+    generator: str = defaults.SCENE_GAN_GENERATOR
     dissect_layer: str = "layer4"
     dissect_n: int = 1000          # latents for the dissection of the shipped GAN (0: skip it)
-    ace_config: str | None = "experiments/scenes/ace.yaml"        # the ACE of one class (null: skip it)
+    ace_config: str | None = defaults.ACE_CONFIG        # the ACE of one class (null: skip it)
     ace_set: list[str] = field(default_factory=list)              # key=value overrides of that config
-    repair_config: str | None = "experiments/scenes/repair.yaml"  # the repair with FD (null: skip it)
+    repair_config: str | None = defaults.REPAIR_CONFIG  # the repair with FD (null: skip it)
     repair_set: list[str] = field(default_factory=list)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
-
-@dataclass
-class DevicesConfig:
-    """Passed to ``pytorch_lightning.Trainer``: ``devices: 2, strategy: ddp`` splits the work over processes."""
-
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
+    def __post_init__(self):
+        _check_name(self.name)
+        _positive(self, "n", "stats_n")
 
 
 @dataclass
 class DissectConfig:
     name: str = "dissect"
-    generator: str = "checkpoints/scene_gan_generator.safetensors"
-    segmenter: str = "checkpoints/scene_segmenter.safetensors"
+    generator: str = defaults.SCENE_GAN_GENERATOR
+    segmenter: str = defaults.SCENE_SEGMENTER
     layers: list[str] = field(default_factory=lambda: ["layer4"])
     n: int = 10000                 # seeded latents 0..n-1 of stream `seed`
     seed: int = 0
@@ -177,17 +216,12 @@ class DissectConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
+        _check_name(self.name)
         if not 0 < self.quantile < 1:
-            raise ConfigError(f"quantile must be between 0 and 1, got {self.quantile}")
-        if self.n < 1 or self.batch_size < 1 or self.top_k < 1 or self.save_every < 1:
-            raise ConfigError("n, batch_size, top_k and save_every must be positive")
-        if isinstance(self.layers, str):
-            self.layers = [name.strip() for name in self.layers.split(",") if name.strip()]
-        if not self.layers:
-            raise ConfigError("layers: give at least one layer name")
-        if self.devices.strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"):
-            raise ConfigError(f"devices.strategy {self.devices.strategy!r} runs the passes in child processes whose "
-                              "tallies do not come back; use ddp (run from a script or the command line)")
+            raise ConfigError(f"quantile={self.quantile}: expected a number between 0 and 1")
+        _positive(self, "n", "batch_size", "top_k", "save_every")
+        if not self.layers or not all(name.strip() for name in self.layers):
+            raise ConfigError(f"layers={list(self.layers)}: give at least one layer name")
 
 
 @dataclass
@@ -195,8 +229,8 @@ class AceConfig:
     """``gandissect ace``: which units cause ``class_name`` at ``layer`` (intervention, ACE, removal curves)."""
 
     name: str = "ace"
-    generator: str = "checkpoints/scene_gan_generator.safetensors"
-    segmenter: str = "checkpoints/scene_segmenter.safetensors"
+    generator: str = defaults.SCENE_GAN_GENERATOR
+    segmenter: str = defaults.SCENE_SEGMENTER
     layer: str = "layer4"
     class_name: str = "tree"
     dissection: str = "dissect"    # a run name under runs/ or a run directory holding dissect.json for `layer`
@@ -220,26 +254,23 @@ class AceConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
+        _check_name(self.name)
         if self.insertion not in ("mean", "quantile"):
             raise ConfigError(f"insertion must be mean or quantile, got {self.insertion!r}")
-        positive = ("dissect_n", "constants_n", "n", "removal_units", "top_units", "steps", "batch_size", "log_every")
-        bad = [f"{k}={getattr(self, k)}" for k in positive if not getattr(self, k) >= 1]
-        if bad:
-            raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
+        _positive(self, "dissect_n", "constants_n", "n", "removal_units", "top_units", "steps", "batch_size",
+                  "log_every")
         if not self.lam >= 0 or not self.lr > 0:
             raise ConfigError(f"lam must be >= 0 and lr > 0, got lam={self.lam}, lr={self.lr}")
         if not 0 <= self.init_value <= 1 or self.init_units < 0:
             raise ConfigError(f"init_value must be in [0, 1] and init_units >= 0, got {self.init_value}, "
                               f"{self.init_units}")
-        if self.devices.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
-            raise ConfigError(f"devices.strategy {self.devices.strategy!r} is not supported; use ddp")
 
 
 @dataclass
 class ArtifactConfig:
     """How the artifact segmenter is built from the GAN's discriminator (see gandissect.repair)."""
 
-    discriminator: str = "checkpoints/scene_gan_discriminator.safetensors"
+    discriminator: str = defaults.SCENE_GAN_DISCRIMINATOR
     method: str = "gradcam"        # gradcam (of D's fake logit at d_layer) | saliency (input gradient)
     d_layer: str = "layer3"        # the discriminator layer Grad-CAM reads (layer3: 32x32 for a 64px D)
     flag_rate: float = 0.01        # the share of real-image pixels the calibrated threshold flags
@@ -273,11 +304,11 @@ class PlantConfig:
 @dataclass
 class RepairConfig:
     name: str = "repair"
-    generator: str = "checkpoints/scene_gan_generator.safetensors"
-    segmenter: str = "checkpoints/scene_segmenter.safetensors"   # the FD-scenes backbone
+    generator: str = defaults.SCENE_GAN_GENERATOR
+    segmenter: str = defaults.SCENE_SEGMENTER   # the FD-scenes backbone
     layer: str = "layer4"
-    k: int = 0                     # units to ablate; 0: round(4% of the layer's units), as 20 of 512 in the paper
-    candidates: int = 0            # units (by artifact IoU) whose causal effect is measured; 0: 4 * k
+    k: int | None = None           # units to ablate; null: round(4% of the layer's units), as 20 of 512 in the paper
+    candidates: int | None = None  # units (by artifact IoU) whose causal effect is measured; null: 4 * k
     dissect_n: int = 1000          # latents of the artifact-class dissection
     dissect_seed: int = 0
     effect_n: int = 256            # latents on which each candidate's ablation effect is measured
@@ -298,69 +329,72 @@ class RepairConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        if self.k < 0 or self.candidates < 0:
-            raise ConfigError("k and candidates must not be negative (0 picks the default)")
-        if min(self.dissect_n, self.effect_n, self.fd_n, self.real_n, self.batch_size) < 1:
-            raise ConfigError("dissect_n, effect_n, fd_n, real_n and batch_size must be positive")
+        _check_name(self.name)
+        for key in ("k", "candidates"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected a positive integer, or null for the default")
+        _positive(self, "dissect_n", "effect_n", "fd_n", "real_n", "batch_size")
         if self.random_draws < 1:
             raise ConfigError("random_draws must be at least 1: the random ablations are the repair's control")
         if self.fd_backbone not in ("auto", "scenes", "inception"):
             raise ConfigError(f"fd_backbone must be auto, scenes or inception, got {self.fd_backbone!r}")
-        if self.devices.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
-            raise ConfigError(f"devices.strategy {self.devices.strategy!r} runs the FD pass in child processes whose "
-                              "results do not come back; use ddp (run from a script or the command line)")
 
 
-def _from_dict(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; expected one of: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _from_dict(hint, value, key) if dataclasses.is_dataclass(hint) else value
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{where or 'config'}: {err}") from None
+def _one_line(err: OmegaConfBaseException) -> str:
+    """OmegaConf's message without its 'full_key: ... object_type=...' lines, and the key it concerns."""
+    key = getattr(err, "full_key", None)
+    message = str(err).splitlines()[0]
+    if isinstance(err, ConfigKeyError) and key:
+        return f"unknown config key {key}"
+    if "is not a subclass of" in message:  # a single value given for a whole section
+        return f"a config section got a single value; expected a mapping of its keys ({message})"
+    if "is not a ListConfig" in message:
+        message = "expected a list, e.g. [1, 2]"
+    if isinstance(err, ValidationError) and key:
+        return f"{key}: {message}"
+    return message
 
 
-def _set_override(data: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
-    key, raw = assignment.split("=", 1)
-    *parents, leaf = key.strip().split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+def _section_keys(cls, section: str) -> list[str]:
+    """The keys a config section (``""``: the top level) accepts."""
+    for part in filter(None, section.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields or fields[part].default_factory is dataclasses.MISSING:
+            return []
+        cls = type(fields[part].default_factory())
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """Read ``path`` (YAML) into dataclass ``cls``, then apply ``key=value`` overrides."""
-    data: dict = {}
+    """Read ``path`` (YAML) onto dataclass ``cls``, then apply ``key.sub=value`` overrides; returns a ``cls``."""
+    layers = [OmegaConf.structured(cls)]
+    where = f"{path}: " if path is not None else ""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of keys to values, got {type(data).__name__}")
+        layers.append(OmegaConf.load(path) if data else OmegaConf.create({}))
     for assignment in overrides:
-        _set_override(data, assignment)
+        key, equals, _ = assignment.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"override {assignment!r} must look like key.sub=value")
     try:
-        return _from_dict(cls, data, "")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as err:
+        known = ", ".join(_section_keys(cls, (getattr(err, "full_key", "") or "").rpartition(".")[0]))
+        raise ConfigError(f"{where}{_one_line(err)}; expected one of: {known}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where}{_one_line(err)}") from None
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        raise ConfigError(f"{where}{err}") from None
 
 
 def to_dict(config) -> dict:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gandissect.config import DemoConfig, to_dict
+from gandissect.config import AceConfig, DemoConfig, DissectConfig, RepairConfig, load_config, to_dict
+from gandissect.core.runs import start_run, wandb_run
 from gandissect.data import scenes
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
+from gandissect.pipelines import run_ace_pipeline, run_repair_pipeline
 from gandissect.report.html import picture, swatch, table, write_report
-from gandissect.runs import start_run, wandb_run
+from gandissect.steps import intervene, repair
+from gandissect.steps.dissect import run_dissection
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -90,9 +93,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _dissect(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
     """Dissect one layer of the shipped GAN into run_dir/dissect; returns its summary and a report section."""
-    from gandissect.config import DissectConfig
-    from gandissect.dissect import run_dissection
-
     dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
                          layers=[cfg.dissect_layer], n=cfg.dissect_n, resume=False, wandb=cfg.wandb)
     layer = run_dissection(dcfg, run_dir=run_dir / "dissect")["layers"][cfg.dissect_layer]
@@ -112,15 +112,12 @@ def _dissect(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
 
 
 def _ace(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
-    """The ACE of one class at the dissected layer (run_dir/ace); its ranking goes into the demo's dissect.json."""
-    from gandissect.config import AceConfig, load_config
-    from gandissect.intervene import run_ace
-
+    """The ACE of one class at the dissected layer (run_dir/ace), ranked from the demo's dissection."""
     acfg = load_config(AceConfig, cfg.ace_config, [
         f"name={cfg.name}-ace", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
         f"layer={cfg.dissect_layer}", f"dissection={run_dir / 'dissect'}", f"wandb.mode={cfg.wandb.mode}",
         *cfg.ace_set])
-    result = run_ace(acfg, run_dir=run_dir / "ace")
+    result = run_ace_pipeline(acfg, run_dir=run_dir / "ace")
     removal = result["removal"]
     rows = [[f"{name.upper()} ranking", *[removal[name].get(f"at_{k}") for k in (5, 20)]] for name in ("iou", "ace")]
     html = (f"<p>Units of {acfg.layer} ranked by IoU with <i>{acfg.class_name}</i> (dissection) and by the learned "
@@ -129,21 +126,15 @@ def _ace(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
             "Everything: <a href='ace/index.html'>ace/index.html</a>.</p>"
             + table(["ranking", "removed, top 5", "removed, top 20"], rows)
             + picture("ace/removal.png", "removal curves"))
-    summary = {"class": acfg.class_name, "layer": acfg.layer,
-               "removal": {name: {k: v for k, v in r.items() if k != "curve"} for name, r in removal.items()},
-               "report": "ace/index.html"}
-    return summary, html
+    return {**intervene.summary(result), "report": "ace/index.html"}, html
 
 
 def _repair(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
     """Repair the shipped GAN at the dissected layer (run_dir/repair)."""
-    from gandissect.config import RepairConfig, load_config
-    from gandissect.repair import run_repair
-
     rcfg = load_config(RepairConfig, cfg.repair_config, [
         f"name={cfg.name}-repair", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
         f"layer={cfg.dissect_layer}", f"wandb.mode={cfg.wandb.mode}", *cfg.repair_set])
-    result = run_repair(rcfg, run_dir=run_dir / "repair")
+    result = run_repair_pipeline(rcfg, run_dir=run_dir / "repair")
     fd = result["fd"]
     rows = [["original", fd["original"]], ["repaired", fd["repaired"]],
             [f"random ablations (mean +- std of {len(fd['random'])})",
@@ -154,8 +145,4 @@ def _repair(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
             + picture("repair/before_after.png", "rows: original, repaired, random ablation of as many units")
             + "<p>Artifact maps, unit images, the repaired checkpoint and every number: "
               "<a href='repair/index.html'>repair/index.html</a>.</p>")
-    summary = {"layer": rcfg.layer, "chosen_units": result["chosen_units"],
-               "fd": {k: fd[k] for k in ("name", "n", "original", "repaired", "random_mean", "random_std")},
-               "checkpoint": result["checkpoint"].get("path") and f"repair/{result['checkpoint']['path']}",
-               "report": "repair/index.html"}
-    return summary, html
+    return {**repair.summary(result, run_dir / "repair"), "report": "repair/index.html"}, html

@@ -1,4 +1,4 @@
-"""Pictures and the HTML page of a dissection: unit image strips, per-layer bar charts, the report."""
+"""Pictures, the HTML page and the W&B run of a dissection: unit image strips, per-layer bar charts, the report."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from gandissect.io import figure_array
+from gandissect.config import WandbConfig
+from gandissect.core.hooks import NetHook
+from gandissect.core.latents import seeded_latents
+from gandissect.core.runs import wandb_run
+from gandissect.data import scenes
+from gandissect.io import figure_array, save_image
+from gandissect.metrics.unit_stats import upsampled_masks
 from gandissect.report.html import picture, table, write_report
 
 OUTLINE = np.array([255, 225, 0], np.uint8)
@@ -112,3 +119,56 @@ def write_dissection_report(run_dir: Path, result: dict) -> Path:
                          + table(["unit", "label", "category", "IoU", "threshold", "top images (region outlined)"],
                                  unit_rows)))
     return write_report(run_dir / "index.html", f"Dissection: {s['generator']}", sections)
+
+
+@torch.no_grad()
+def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor, seed: int,
+                out_dir: Path, batch_size: int = 64) -> list[Path]:
+    """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths."""
+    units_of: dict[int, list[int]] = {}  # sample -> the units that have it among their top images
+    for unit, row in enumerate(top_indices.tolist()):
+        for i in row:
+            if i >= 0:  # -1: fewer samples than top_k
+                units_of.setdefault(i, []).append(unit)
+    wanted = sorted(units_of)
+    images, masks = {}, {}  # only the masks that are drawn: memory bounded by units x top_k, not by samples
+    with NetHook(generator, [layer]) as hook:
+        for start in range(0, len(wanted), batch_size):
+            chunk = wanted[start:start + batch_size]
+            z = torch.cat([seeded_latents(seed, 1, generator.latent_dim, i) for i in chunk])
+            x = hook(z).clamp(-1, 1)
+            r = hook.retained[layer].float()
+            for i, image, maps in zip(chunk, scenes.to_uint8(x), r):
+                images[i] = image
+                units = torch.tensor(units_of[i])
+                for unit, m in zip(units_of[i], upsampled_masks(maps[units][None], thresholds[units], x.shape[-2:])[0]):
+                    masks[i, unit] = m
+    paths = []
+    for unit, row in enumerate(top_indices.tolist()):
+        row = [i for i in row if i >= 0]
+        path = out_dir / f"unit{unit:03d}.png"
+        save_image(path, unit_strip(np.stack([images[i] for i in row]), torch.stack([masks[i, unit] for i in row])))
+        paths.append(path)
+    return paths
+
+
+def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, result: dict) -> None:
+    """The unit table, the charts and the best units' strips as one W&B run (nothing when W&B is disabled)."""
+    run = wandb_run(run_dir, settings, name, config)
+    if run is None:
+        return
+    import wandb
+
+    rows = [[name, u["unit"], u["label"], u["category"], u["iou"], u["threshold"], u["interpretable"]]
+            for name, layer in result["layers"].items() for u in layer["units_detail"]]
+    logged = {"units": wandb.Table(columns=["layer", "unit", "label", "category", "iou", "threshold",
+                                            "interpretable"], data=rows)}
+    for name, layer in result["layers"].items():
+        logged[f"{name}/interpretable_units"] = layer["interpretable_units"]
+        logged[f"{name}/chart"] = wandb.Image(str(run_dir / layer["chart"]))
+        best = sorted(layer["units_detail"], key=lambda u: -u["iou"])[:8]
+        logged[f"{name}/top_units"] = [wandb.Image(str(run_dir / u["strip"]),
+                                                   caption=f"unit {u['unit']}: {u['label']} IoU {u['iou']:.3f}")
+                                       for u in best]
+    run.log(logged)
+    run.finish()

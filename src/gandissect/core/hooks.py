@@ -1,4 +1,4 @@
-"""Retain or edit the output of named submodules of any ``torch.nn.Module`` through forward hooks.
+"""Hooks and edits: retain or edit the output of named submodules of any ``torch.nn.Module``.
 
 A :class:`NetHook` hooks layers by their ``model.named_modules()`` names; after each forward pass
 ``hook.retained[name]`` holds that layer's output. An edit replaces a layer's output ``r`` (units on dim 1,
@@ -14,6 +14,7 @@ the ProGAN blocks have none.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Iterable
 
 import torch
@@ -144,3 +145,82 @@ class NetHook:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+# --- layer shapes ---------------------------------------------------------------------------------------------
+def layer_shapes(generator: nn.Module, layers: list[str]) -> dict[str, tuple[int, ...]]:
+    """(units, h, w) of each layer's output, from one latent, in the order the forward pass reaches them.
+
+    The one place a layer's shape is probed; an unknown name raises UnknownLayerError listing the layers."""
+    with torch.no_grad(), NetHook(generator, layers) as hook:
+        hook(torch.zeros(1, generator.latent_dim, device=module_device(generator)))
+        silent = [name for name in layers if name not in hook.retained]
+        if silent:
+            raise GandissectError(f"layer(s) {', '.join(silent)} did not run in the generator's forward pass; "
+                                  f"the layers that ran: {', '.join(hook.retained) or 'none'}")
+        for name, output in hook.retained.items():
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise GandissectError(f"layer {name!r} gives {shape}; gandissect needs a (N, units, height, width) "
+                                      "feature map")
+        return {name: tuple(output.shape[1:]) for name, output in hook.retained.items()}
+
+
+def layer_shape(generator: nn.Module, layer: str) -> tuple[int, int, int]:
+    """(units, h, w) of one layer's output."""
+    return layer_shapes(generator, [layer])[layer]
+
+
+def module_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# --- edits ------------------------------------------------------------------------------------------------------
+def unit_alpha(units, total: int) -> torch.Tensor:
+    """(total,) strengths: 1 on ``units``, 0 elsewhere."""
+    alpha = torch.zeros(total)
+    alpha[torch.as_tensor(list(units), dtype=torch.long)] = 1.0
+    return alpha
+
+
+def edited_images(generator: nn.Module, layer: str, z: torch.Tensor, alpha, value=0.0,
+                  region: torch.Tensor | None = None) -> torch.Tensor:
+    """Images of ``z`` with ``layer`` edited as ``(1 - alpha*m) r + alpha*m*value``; clamped to [-1, 1]."""
+    with NetHook(generator, [layer]) as hook:
+        hook.edit(layer, alpha, region, value)
+        return hook(z).clamp(-1, 1)
+
+
+def ablate(generator: nn.Module, layer: str, z: torch.Tensor, units, total: int,
+           region: torch.Tensor | None = None) -> torch.Tensor:
+    """Images with ``units`` of ``layer`` (of ``total``) set to zero inside ``region`` (a feature-map mask; None:
+    everywhere)."""
+    return edited_images(generator, layer, z, unit_alpha(units, total).to(z), 0.0, region)
+
+
+def insert(generator: nn.Module, layer: str, z: torch.Tensor, units, constants: torch.Tensor,
+           region: torch.Tensor | None = None) -> torch.Tensor:
+    """Images with ``units`` of ``layer`` set to their insertion ``constants`` (U,) inside ``region``."""
+    return edited_images(generator, layer, z, unit_alpha(units, len(constants)).to(z), constants.to(z), region)
+
+
+def fold_ablation(generator: nn.Module, layer: str, units: list[int]) -> nn.Module:
+    """A copy of ``generator`` whose ``layer`` outputs exactly 0 at ``units``: their conv weights and bias are
+    zeroed, which equals ablating them everywhere (LeakyReLU(0) = 0)."""
+    block = dict(generator.named_modules()).get(layer)
+    if not layer or block is None:
+        raise UnknownLayerError(f"unknown layer {layer!r}; this model has: {', '.join(layer_names(generator))}")
+    conv = getattr(block, "conv", block)
+    if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(block, "activation", True), bool):
+        raise BadValueError(f"cannot fold an ablation into {layer!r} ({type(block).__name__}): expected a ProGAN "
+                            "block or a Conv2d whose output is the layer's output")
+    folded = copy.deepcopy(generator)
+    block = dict(folded.named_modules())[layer]
+    conv = getattr(block, "conv", block)
+    bias = block.wscale.b if hasattr(block, "wscale") else getattr(conv, "bias", None)
+    with torch.no_grad():
+        index = torch.tensor(units, dtype=torch.long)
+        conv.weight[index] = 0
+        if bias is not None:
+            bias[index] = 0
+    return folded

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -15,15 +14,17 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from gandissect.config import GANTrainConfig, SegmenterTrainConfig, TrainerConfig, to_dict
+from gandissect.config import DevicesConfig, GANTrainConfig, SegmenterTrainConfig, TrainerConfig, to_dict
+from gandissect.core import distributed
+from gandissect.core.latents import generate, seeded_latents
+from gandissect.core.runs import machine_description, start_run, wandb_logger
 from gandissect.data import scenes
-from gandissect.data.latents import seeded_latents
-from gandissect.fid import scene_batches, scenes_fd
+from gandissect.data.images import scene_batches
 from gandissect.io import image_grid, save_image, write_json
+from gandissect.metrics.fid import scenes_fd
+from gandissect.models.losses import discriminator_loss, generator_loss
 from gandissect.models.progan import ProGANDiscriminator, ProGANGenerator
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
-from gandissect.quality import generate
-from gandissect.runs import start_run, wandb_logger
 
 
 def prediction_panel(images: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
@@ -95,12 +96,6 @@ def warmup_cosine(step: int, total: int, warmup: float = 0.05, floor: float = 0.
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def machine_description() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (GPU)"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def _resume_checkpoint(run_dir: Path, resume: bool) -> tuple[str | None, int]:
     """(path for ``Trainer.fit(ckpt_path=...)``, its Lightning global_step) of the run's last checkpoint."""
     last = run_dir / "lightning" / "last.ckpt"
@@ -109,17 +104,14 @@ def _resume_checkpoint(run_dir: Path, resume: bool) -> tuple[str | None, int]:
     return str(last), int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
 
 
-def _trainer(t: TrainerConfig, run_dir: Path, logger, max_steps: int, checkpoint_every: int,
-             callbacks: list = (), **kwargs) -> pl.Trainer:
-    """The Lightning Trainer of a gandissect run: settings from the config, checkpoints in run_dir/lightning."""
-    return pl.Trainer(
-        max_steps=max_steps, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        precision=t.precision, log_every_n_steps=t.log_every_n_steps, logger=logger if logger else False,
-        default_root_dir=str(run_dir), enable_model_summary=False,
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=run_dir / "lightning", save_last=True,
-                                                every_n_train_steps=checkpoint_every), *callbacks],
-        **kwargs,
-    )
+def _trainer(t: TrainerConfig, devices: DevicesConfig, run_dir: Path, logger, max_steps: int,
+             checkpoint_every: int, callbacks: list = (), **kwargs) -> pl.Trainer:
+    """The Trainer of a training run: the ``devices`` settings, Lightning checkpoints in run_dir/lightning."""
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=run_dir / "lightning", save_last=True,
+                                               every_n_train_steps=checkpoint_every)
+    return distributed.build_trainer(devices, run_dir, [checkpoints, *callbacks], logger=logger if logger else False,
+                                     max_steps=max_steps, log_every_n_steps=t.log_every_n_steps,
+                                     enable_checkpointing=True, **kwargs)
 
 
 def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> dict:
@@ -133,7 +125,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
                                    num_workers=cfg.data.num_workers)
     module = SegmenterModule(cfg.model.widths, cfg.data.size, cfg.optim.lr, cfg.optim.weight_decay, t.max_steps)
     logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
-    trainer = _trainer(t, run_dir, logger, t.max_steps, t.val_check_interval,
+    trainer = _trainer(t, cfg.devices, run_dir, logger, t.max_steps, t.val_check_interval,
                        val_check_interval=min(t.val_check_interval, t.max_steps), check_val_every_n_epoch=None)
     resume_from, resumed_step = _resume_checkpoint(run_dir, cfg.resume)
     start = time.time()
@@ -204,27 +196,22 @@ class GANModule(pl.LightningModule):
         with torch.no_grad():
             fake = self.G(self._latents(n))
         regularize = loss_cfg.r1_gamma > 0 and self.step % loss_cfg.r1_interval == 0
-        real.requires_grad_(regularize)
-        real_logits, fake_logits = self.D(real), self.D(fake)
-        d_loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-        d_total = d_loss
+        d_total, parts = discriminator_loss(self.D, real, fake, loss_cfg.r1_gamma if regularize else 0.0,
+                                            loss_cfg.r1_interval)
         if regularize:
-            (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
-            d_total = d_loss + 0.5 * loss_cfg.r1_gamma * loss_cfg.r1_interval * r1
-            self.log("train/r1", r1)
+            self.log("train/r1", parts["r1"])
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_total)
         opt_d.step()
 
-        g_loss = F.softplus(-self.D(self.G(self._latents(n)))).mean()
+        g_loss = generator_loss(self.D, self.G(self._latents(n)))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
         opt_g.step()
         self._update_ema(n)
 
-        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss,
-                       "train/real_score": real_logits.mean(), "train/fake_score": fake_logits.mean()},
+        self.log_dict({"train/d_loss": parts["d_loss"], "train/g_loss": g_loss,
+                       "train/real_score": parts["real_score"], "train/fake_score": parts["fake_score"]},
                       prog_bar=True)
 
     @torch.no_grad()
@@ -293,10 +280,11 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
     module = GANModule(cfg)
     logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
     # The D update leaves G's parameters without gradients by design, which plain DDP treats as an error.
-    if t.strategy == "ddp":
-        t = dataclasses.replace(t, strategy="ddp_find_unused_parameters_true")
+    devices = cfg.devices
+    if devices.strategy == "ddp":
+        devices = dataclasses.replace(devices, strategy="ddp_find_unused_parameters_true")
     # Lightning counts optimizer steps; one GAN step takes two (D and G).
-    trainer = _trainer(t, run_dir, logger, 2 * t.max_steps, 2 * cfg.monitor.checkpoint_every, callbacks)
+    trainer = _trainer(t, devices, run_dir, logger, 2 * t.max_steps, 2 * cfg.monitor.checkpoint_every, callbacks)
     resume_from, resumed_optimizer_steps = _resume_checkpoint(run_dir, cfg.resume)
     resumed_step = resumed_optimizer_steps // 2
     start = time.time()

@@ -15,18 +15,19 @@ from __future__ import annotations
 import importlib
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
 from torchmetrics import Metric
+from tqdm import tqdm
 
+from gandissect import defaults
 from gandissect.errors import BadValueError, CheckpointError
 from gandissect.io import atomic_path
-
-DEFAULT_SEGMENTER = "checkpoints/scene_segmenter.safetensors"
+from gandissect.models.segmenter import SceneSegmenter
 
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
@@ -318,7 +319,7 @@ def _num_features(backbone: torch.nn.Module) -> int:
 
 
 def build_fd(backbone: str | torch.nn.Module = "scenes", weights: str | Path | None = None,
-             segmenter_path: str | Path = DEFAULT_SEGMENTER, name: str | None = None,
+             segmenter_path: str | Path = defaults.SCENE_SEGMENTER, name: str | None = None,
              channels_last: bool = True, **kwargs) -> FrechetDistance:
     """The Frechet distance metric for a backbone: ``inception`` (FID; ``weights`` a local pytorch-fid weights
     file, else pytorch-fid's download), ``scenes`` (FD-scenes; the segmenter at ``segmenter_path``),
@@ -331,8 +332,6 @@ def build_fd(backbone: str | torch.nn.Module = "scenes", weights: str | Path | N
     if weights is not None:
         raise BadValueError(f"weights are for the inception backbone only, not {backbone!r}")
     if backbone == "scenes":
-        from gandissect.models.segmenter import SceneSegmenter
-
         fd = scenes_fd(SceneSegmenter.load(segmenter_path), channels_last, **kwargs)
         return fd if name is None else _renamed(fd, name)
     if isinstance(backbone, str):
@@ -392,55 +391,8 @@ def load_statistics(path: str | Path) -> dict:
 def feed(metric: FrechetDistance, batches: Iterable[torch.Tensor], real: bool, total: int | None = None,
          desc: str | None = None) -> None:
     """Feed image batches to one side of the metric, with a progress bar on stderr."""
-    from tqdm import tqdm
-
     device = metric.real_sum.device
     with tqdm(total=total, desc=desc or metric.name, unit="img", dynamic_ncols=True) as bar:
         for images in batches:
             metric.update(images.to(device), real=real)
             bar.update(images.shape[0])
-
-
-def _batched(items: list, batch_size: int, load) -> Iterator[torch.Tensor]:
-    for start in range(0, len(items), batch_size):
-        yield torch.stack([load(item) for item in items[start:start + batch_size]])
-
-
-def scene_batches(seed: int, n: int, size: int = 64, batch_size: int = 50,
-                  share: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """Scenes 0..n-1 of world ``seed`` as image batches in [-1, 1]; ``share=(rank, processes)`` keeps every
-    ``processes``-th scene from ``rank`` on, one process's part of the work."""
-    from gandissect.data import scenes
-
-    rank, processes = share
-    dataset = scenes.SceneDataset(seed, n, size)
-    return _batched(list(range(rank, n, processes)), batch_size, lambda i: dataset[i][0])
-
-
-IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
-
-
-def folder_batches(folder: str | Path, n: int, batch_size: int = 50) -> Iterator[torch.Tensor]:
-    """The first ``n`` images of a folder (sorted by name, pytorch-fid's extensions) as batches in [-1, 1].
-    They must all have one size, as in pytorch-fid."""
-    from PIL import Image
-
-    from gandissect.data.scenes import to_tensor
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BadValueError(f"--data is 'scenes' or a folder of images; {folder} is neither")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
-    if len(files) < n:
-        raise BadValueError(f"{folder} holds {len(files)} images; {n} were asked for")
-
-    first_size = Image.open(files[0]).size if files else None
-
-    def load(path: Path) -> torch.Tensor:
-        image = Image.open(path).convert("RGB")
-        if image.size != first_size:
-            raise BadValueError(f"{path} is {image.size[0]}x{image.size[1]}, {files[0].name} "
-                                f"{first_size[0]}x{first_size[1]}: the images of a folder must share one size")
-        return to_tensor(np.asarray(image))
-
-    return _batched(files[:n], batch_size, load)

@@ -21,68 +21,29 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from gandissect.config import DissectConfig, to_dict
-from gandissect.data.latents import seeded_latents
-from gandissect.errors import GandissectError
-from gandissect.io import atomic_path, sha256_file
-from gandissect.nethook import NetHook
-from gandissect.stats import (UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts,
-                              upsampled_masks)
+from gandissect.core import distributed
+from gandissect.core.hooks import NetHook, layer_shapes
+from gandissect.core.latents import LatentBatches, latent_batches
+from gandissect.core.runs import machine_description, model_identity, runs_root, start_run
+from gandissect.core.tally import TallyFile
+from gandissect.io import save_image, write_json
+from gandissect.metrics.unit_stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts
+from gandissect.models.progan import load_generator
+from gandissect.models.segmenter import SceneSegmenter
+from gandissect.report.dissection import draw_strips, layer_chart, layers_chart, log_to_wandb, write_dissection_report
 
 BINS = 1024
 CALIBRATION_VALUES = 65536  # per unit: enough for ~64 calibration values in each bin
 
 
-class LatentBatches(Dataset):
-    """Item i: batch ``batch_ids[i]`` of the run, as (sample indices, latents)."""
-
-    def __init__(self, seed: int, dim: int, n: int, batch_size: int, batch_ids: list[int]):
-        self.seed, self.dim, self.n, self.batch_size, self.batch_ids = seed, dim, n, batch_size, batch_ids
-
-    def __len__(self) -> int:
-        return len(self.batch_ids)
-
-    def __getitem__(self, i: int):
-        start = self.batch_ids[i] * self.batch_size
-        count = min(self.batch_size, self.n - start)
-        return torch.arange(start, start + count), seeded_latents(self.seed, count, self.dim, start)
-
-
 def _key(layer: str) -> str:
     return layer.replace(".", "__")  # ModuleDict keys may not contain dots
-
-
-def layer_shapes(generator: nn.Module, layers: list[str]) -> dict[str, tuple[int, ...]]:
-    """(units, h, w) of each layer's output, from one latent, in the order the forward pass reaches them."""
-    with torch.no_grad(), NetHook(generator, layers) as hook:
-        hook(torch.zeros(1, generator.latent_dim))
-        silent = [name for name in layers if name not in hook.retained]
-        if silent:
-            raise GandissectError(f"layer(s) {', '.join(silent)} did not run in the generator's forward pass; "
-                                  f"the layers that ran: {', '.join(hook.retained) or 'none'}")
-        for name, output in hook.retained.items():
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise GandissectError(f"layer {name!r} gives {shape}; dissection needs a (N, units, height, width) "
-                                      "feature map")
-        return {name: tuple(output.shape[1:]) for name, output in hook.retained.items()}
-
-
-def module_digest(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names and values): identifies weights that were not read from a file."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -92,8 +53,7 @@ def calibrate(generator: nn.Module, layer: str, cells: int, cfg: DissectConfig) 
     count = min(cfg.n, max(cfg.batch_size, math.ceil(CALIBRATION_VALUES / cells)))
     parts = []
     with NetHook(generator, [layer], stop_after=layer) as hook:
-        for start in range(0, count, cfg.batch_size):
-            z = seeded_latents(cfg.seed, min(cfg.batch_size, count - start), generator.latent_dim, start)
+        for z in latent_batches(cfg.seed, count, generator.latent_dim, cfg.batch_size):
             hook(z.to(next(generator.parameters()).device))
             parts.append(hook.retained[layer].float())
     return calibrated_edges(torch.cat(parts), bins=BINS, focus=cfg.quantile)
@@ -109,7 +69,7 @@ class DissectModule(pl.LightningModule):
         self.generator_id, self.segmenter_id = generator_id, segmenter_id
         self.generator = generator.eval().requires_grad_(False)
         self.segmenter = segmenter.eval().requires_grad_(False)
-        self.cfg, self.tally_path = cfg, Path(tally_path)
+        self.cfg = cfg
         self.layers = list(cfg.layers)
         self.shapes = layer_shapes(generator, self.layers)
         self.deepest = list(self.shapes)[-1]  # the quantile pass stops there
@@ -119,7 +79,8 @@ class DissectModule(pl.LightningModule):
         self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._started, self._elapsed_before = time.perf_counter(), 0.0
         self._hook: NetHook | None = None
-        self._tally = self.read_tally()
+        self.tally_file = TallyFile(tally_path, self.settings(), cfg.resume)
+        self._tally = self.tally_file.read()  # checks an earlier tally before anything is computed
         edges = self._tally["edges"] if self._tally else {
             _key(n): calibrate(generator, n, s[1] * s[2], cfg) for n, s in self.shapes.items()}
         classes = len(segmenter.classes)
@@ -151,27 +112,11 @@ class DissectModule(pl.LightningModule):
         states = self._synced_states() if states is None else states
         if self.global_rank != 0:
             return
-        tally = {"settings": self.settings(), "phase": self.phase, "done": sorted(self.done), "states": states,
-                 "elapsed_s": self.elapsed_s(),
-                 "edges": {k: m.edges.cpu() for k, m in self.quantiles.items()},
-                 "thresholds": {k: v.cpu() for k, v in self.thresholds.items()},
-                 "top": {k: (s.cpu(), i.cpu()) for k, (s, i) in self.top.items()}}
-        with atomic_path(self.tally_path) as tmp:
-            torch.save(tally, tmp)
-
-    def read_tally(self) -> dict | None:
-        """An earlier run's tally when resuming, after checking it was made with these settings."""
-        if not self.cfg.resume or not self.tally_path.exists():
-            return None
-        try:
-            tally = torch.load(self.tally_path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise GandissectError(f"cannot read the saved tally {self.tally_path} ({err}); delete it or set "
-                                  "resume=false to start over") from None
-        if tally["settings"] != self.settings():
-            raise GandissectError(f"{self.tally_path} was tallied with other settings ({tally['settings']}); "
-                                  "use another run name, or resume=false to start over")
-        return tally
+        self.tally_file.write({"phase": self.phase, "done": sorted(self.done), "states": states,
+                               "elapsed_s": self.elapsed_s(),
+                               "edges": {k: m.edges.cpu() for k, m in self.quantiles.items()},
+                               "thresholds": {k: v.cpu() for k, v in self.thresholds.items()},
+                               "top": {k: (s.cpu(), i.cpu()) for k, (s, i) in self.top.items()}})
 
     def load_tally(self) -> None:
         """Continue from the tally: every process takes the phase and what is done, rank 0 the counts."""
@@ -300,62 +245,20 @@ def summarize(counts: dict, classes: tuple[str, ...], categories: dict[str, str]
             "iou_by_class": {c: [round(float(v), 6) for v in iou[:, i]] for i, c in enumerate(classes) if i}}
 
 
-@torch.no_grad()
-def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor, seed: int,
-                out_dir: Path, batch_size: int = 64) -> list[Path]:
-    """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths."""
-    from gandissect.data import scenes
-    from gandissect.io import save_image
-    from gandissect.report.dissection import unit_strip
-
-    units_of: dict[int, list[int]] = {}  # sample -> the units that have it among their top images
-    for unit, row in enumerate(top_indices.tolist()):
-        for i in row:
-            if i >= 0:  # -1: fewer samples than top_k
-                units_of.setdefault(i, []).append(unit)
-    wanted = sorted(units_of)
-    images, masks = {}, {}  # only the masks that are drawn: memory bounded by units x top_k, not by samples
-    with NetHook(generator, [layer]) as hook:
-        for start in range(0, len(wanted), batch_size):
-            chunk = wanted[start:start + batch_size]
-            z = torch.cat([seeded_latents(seed, 1, generator.latent_dim, i) for i in chunk])
-            x = hook(z).clamp(-1, 1)
-            r = hook.retained[layer].float()
-            for i, image, maps in zip(chunk, scenes.to_uint8(x), r):
-                images[i] = image
-                units = torch.tensor(units_of[i])
-                for unit, m in zip(units_of[i], upsampled_masks(maps[units][None], thresholds[units], x.shape[-2:])[0]):
-                    masks[i, unit] = m
-    paths = []
-    for unit, row in enumerate(top_indices.tolist()):
-        row = [i for i in row if i >= 0]
-        path = out_dir / f"unit{unit:03d}.png"
-        save_image(path, unit_strip(np.stack([images[i] for i in row]), torch.stack([masks[i, unit] for i in row])))
-        paths.append(path)
-    return paths
-
-
 def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: nn.Module | None = None,
                    segmenter=None, callbacks: list = ()) -> dict:
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
-    from gandissect.models.progan import load_generator
-    from gandissect.models.segmenter import SceneSegmenter
-    from gandissect.runs import runs_root, start_run
-
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
-    generator_id = sha256_file(cfg.generator) if generator is None else f"module {module_digest(generator)}"
-    segmenter_id = sha256_file(cfg.segmenter) if segmenter is None else f"module {module_digest(segmenter)}"
+    generator_id = model_identity(cfg.generator, generator)
+    segmenter_id = model_identity(cfg.segmenter, segmenter)
     generator = load_generator(cfg.generator) if generator is None else generator
     segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
     start_run(cfg.name, cfg, root=run_dir)
-    d = cfg.devices
     # inference_mode=False: a segmenter may need autograd inside labels() (the artifact segmenter's Grad-CAM)
-    trainer = pl.Trainer(accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
-                         inference_mode=False, default_root_dir=str(run_dir),
-                         callbacks=[PassProgressBar(), *callbacks])
+    trainer = distributed.build_trainer(cfg.devices, run_dir, [PassProgressBar(), *callbacks],
+                                        use_distributed_sampler=False, inference_mode=False)
     start = time.perf_counter()
     try:
         trainer.validate(module, verbose=False)  # the phase an earlier run stopped in, else the quantile pass
@@ -367,16 +270,12 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     finally:
         module.remove_hooks()  # also when interrupted: the generator is left as it was
     wall = time.perf_counter() - start
-    if not trainer.is_global_zero:
-        return {}
-    return write_outputs(module, cfg, run_dir, wall, trainer.world_size)
+    result = write_outputs(module, cfg, run_dir, wall, trainer.world_size) if trainer.is_global_zero else {}
+    distributed.barrier()  # the other processes may read dissect.json from here on
+    return result
 
 
 def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall: float, world_size: int) -> dict:
-    from gandissect.io import save_image, write_json
-    from gandissect.report.dissection import layer_chart, layers_chart, write_dissection_report
-    from gandissect.train import machine_description
-
     segmenter, generator = module.segmenter, module.generator.cpu()
     classes, categories = tuple(segmenter.classes), dict(segmenter.categories)
     result = {
@@ -409,28 +308,12 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
     if len(result["layers"]) > 1:
         save_image(run_dir / "chart_layers.png", layers_chart(result))
     write_dissection_report(run_dir, result)
-    log_to_wandb(run_dir, cfg, result)
+    log_to_wandb(run_dir, cfg.wandb, cfg.name, to_dict(cfg), result)
     return result
 
 
-def log_to_wandb(run_dir: Path, cfg: DissectConfig, result: dict) -> None:
-    from gandissect.runs import wandb_run
-
-    run = wandb_run(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
-    if run is None:
-        return
-    import wandb
-
-    rows = [[name, u["unit"], u["label"], u["category"], u["iou"], u["threshold"], u["interpretable"]]
-            for name, layer in result["layers"].items() for u in layer["units_detail"]]
-    logged = {"units": wandb.Table(columns=["layer", "unit", "label", "category", "iou", "threshold",
-                                            "interpretable"], data=rows)}
-    for name, layer in result["layers"].items():
-        logged[f"{name}/interpretable_units"] = layer["interpretable_units"]
-        logged[f"{name}/chart"] = wandb.Image(str(run_dir / layer["chart"]))
-        best = sorted(layer["units_detail"], key=lambda u: -u["iou"])[:8]
-        logged[f"{name}/top_units"] = [wandb.Image(str(run_dir / u["strip"]),
-                                                   caption=f"unit {u['unit']}: {u['label']} IoU {u['iou']:.3f}")
-                                       for u in best]
-    run.log(logged)
-    run.finish()
+def summary(result: dict, run_dir: Path) -> dict:
+    """What ``gandissect dissect`` prints: where the run is, and per layer the interpretable units per class."""
+    return {"run_dir": str(run_dir), "report": str(run_dir / "index.html"), "wall_s": result["timing"]["wall_s"],
+            "layers": {name: {"units": layer["units"], "interpretable_units": layer["interpretable_units"],
+                              "per_class": layer["per_class"]} for name, layer in result["layers"].items()}}

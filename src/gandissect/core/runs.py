@@ -1,4 +1,5 @@
-"""Run directories: ``runs/<name>/`` holds the resolved config, the JSON results and the W&B files.
+"""Run directories and identity: ``runs/<name>/`` holds the resolved config, the JSON results and the W&B files;
+a model is identified by its file's sha256 (or its weights' digest when it was not read from a file).
 
 The JSON files are the source of truth; W&B is the dashboard. W&B runs offline by default, with
 every file it writes (run data, cache, settings) kept inside the run directory, so nothing needs an
@@ -7,11 +8,15 @@ account or a network; ``wandb sync runs/<name>/wandb/offline-run-*`` uploads a r
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 from pathlib import Path
 
+import torch
+
 from gandissect.config import WandbConfig, to_dict
-from gandissect.io import write_yaml
+from gandissect.io import sha256_file, write_yaml
 
 
 def runs_root() -> Path:
@@ -25,6 +30,27 @@ def start_run(name: str, config, root: str | Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", config if isinstance(config, dict) else to_dict(config))
     return run_dir
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names and values): identifies weights that were not read from a file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_identity(path: str | Path | None, module: torch.nn.Module | None = None) -> str:
+    """How a run records which weights it used: the sha256 of the file at ``path``, or ``module <digest>`` for
+    a module handed over in memory (which takes precedence)."""
+    return f"module {module_digest(module)}" if module is not None else sha256_file(path)
+
+
+def machine_description() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (GPU)"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def wandb_environment(run_dir: Path, settings: WandbConfig) -> None:

@@ -1,0 +1,13 @@
+"""Default paths, in one place: the shipped checkpoints and the experiment configs, relative to the repository
+root (the commands are run from there, as ``make demo`` does)."""
+
+SCENE_SEGMENTER = "checkpoints/scene_segmenter.safetensors"
+SCENE_GAN_GENERATOR = "checkpoints/scene_gan_generator.safetensors"
+SCENE_GAN_DISCRIMINATOR = "checkpoints/scene_gan_discriminator.safetensors"
+
+DEMO_CONFIG = "experiments/scenes/demo.yaml"
+DISSECT_CONFIG = "experiments/scenes/dissect.yaml"
+ACE_CONFIG = "experiments/scenes/ace.yaml"
+REPAIR_CONFIG = "experiments/scenes/repair.yaml"
+
+REAL_SEED = 12345  # world seed of the held-out real scenes every evaluation compares with

@@ -1,0 +1,95 @@
+"""Commands that chain steps: the steps stand side by side, and only these functions (with the demo and the
+command line) put one's output into another's input.
+
+- ``run_ace_pipeline``: the dissection that ranks the units (found, or run into ``<ace run>/dissect``), then ACE.
+- ``run_repair_pipeline``: the artifact segmenter, its dissection at the layer (``<repair run>/dissect``), then
+  the repair.
+
+Under several processes every process runs the same chain; a step's outputs are written by rank 0 and read by the
+others after the barrier that ends the step (``core.distributed``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch.nn as nn
+
+from gandissect.config import AceConfig, DissectConfig, RepairConfig, WandbConfig
+from gandissect.core import distributed
+from gandissect.core.runs import model_identity, runs_root, start_run
+from gandissect.io import write_json
+from gandissect.steps import artifacts, repair
+from gandissect.steps.dissect import run_dissection
+from gandissect.steps.intervene import run_ace
+
+
+def _dissection_holds(path: Path, layer: str, generator_id: str) -> bool:
+    if not path.is_file():
+        return False
+    found = json.loads(path.read_text())
+    return layer in found.get("layers", {}) and found["settings"].get("generator_sha256") == generator_id
+
+
+def _given_dissection(cfg: AceConfig) -> Path:
+    """``cfg.dissection``: a run directory (or its dissect.json), or a run name under runs/."""
+    given = Path(cfg.dissection)
+    if given.suffix == ".json" or given.is_dir() or "/" in cfg.dissection:
+        return given if given.suffix == ".json" else given / "dissect.json"
+    return runs_root() / cfg.dissection / "dissect.json"
+
+
+def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.Module | None = None,
+                     segmenter=None) -> dict:
+    """ACE of ``cfg.class_name`` at ``cfg.layer``, ranked from ``cfg.dissection`` when that has the layer (of these
+    weights), else from a dissection of ``dissect_n`` latents run into ``<run_dir>/dissect``."""
+    run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    generator_id = model_identity(cfg.generator, generator)
+    given = _given_dissection(cfg)
+    if given.is_file() and json.loads(given.read_text()).get("layers", {}).get(cfg.layer) is not None:
+        dissection = given  # run_ace refuses it, naming the file, when it dissects other weights
+    else:
+        dissection = run_dir / "dissect" / "dissect.json"
+        if not _dissection_holds(dissection, cfg.layer, generator_id):
+            dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
+                                 layers=[cfg.layer], n=cfg.dissect_n, seed=cfg.dissect_seed, batch_size=32,
+                                 resume=False, devices=cfg.devices, wandb=WandbConfig(mode="disabled"))
+            run_dissection(dcfg, dissection.parent, generator=generator, segmenter=segmenter)
+    return run_ace(cfg, dissection, run_dir, generator=generator, segmenter=segmenter)
+
+
+def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Module | None = None) -> dict:
+    """Build the artifact segmenter, dissect the artifact class at ``cfg.layer``, and repair. What an earlier run
+    under the same name made with the same settings is reused (an interrupted dissection resumes); what it made
+    with other settings is started over."""
+    run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    plan = repair.plan_repair(cfg, generator)  # every check before anything is written
+    start_run(cfg.name, cfg, root=run_dir)
+    seconds, clock = {}, time.perf_counter()
+    segmenter, record = artifacts.artifact_segmenter(cfg, plan.generator, plan.generator_id, run_dir)
+    seconds["artifact_segmenter_s"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+    layer = _dissect_artifacts(cfg, plan.generator, segmenter, record["key"], run_dir)
+    seconds["artifact_dissection_s"] = round(time.perf_counter() - clock, 1)
+    return repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds)
+
+
+def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segmenter_key: dict, run_dir: Path) -> dict:
+    """The artifact class's dissection at ``cfg.layer`` (its dissect.json entry for the layer)."""
+    dissect_dir = run_dir / "dissect"
+    key = {"artifact_segmenter": segmenter_key, "layer": cfg.layer, "n": cfg.dissect_n, "seed": cfg.dissect_seed}
+    key_path = dissect_dir / "repair_key.json"
+    if not key_path.is_file() or json.loads(key_path.read_text()) != key:
+        def start_over() -> None:  # a tally of other settings: this run's own cache
+            (dissect_dir / "tally.pt").unlink(missing_ok=True)
+            write_json(key_path, key)
+        distributed.rank_zero_first(start_over)
+    dcfg = DissectConfig(name=f"{cfg.name}-artifact-dissection", generator=cfg.generator,
+                         segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[cfg.layer],
+                         n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices,
+                         wandb=WandbConfig(mode="disabled"))  # one W&B run per repair: the repair's own
+    result = run_dissection(dcfg, run_dir=dissect_dir, generator=generator, segmenter=segmenter)
+    if not result:  # a process other than rank 0: read what rank 0 wrote (run_dissection ends with a barrier)
+        result = json.loads((dissect_dir / "dissect.json").read_text())
+    return result["layers"][cfg.layer]

@@ -1,0 +1,133 @@
+"""Pictures, the HTML page and the W&B run of a repair (``gandissect repair``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from torch import nn
+
+from gandissect.config import WandbConfig
+from gandissect.core.hooks import ablate
+from gandissect.core.latents import seeded_latents
+from gandissect.core.runs import wandb_run
+from gandissect.data import scenes
+from gandissect.io import figure_array, image_grid, save_image
+from gandissect.report.html import picture, table, write_report
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+
+ARTIFACT_TINT = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # red, in [-1, 1] image units
+SHOWN = 12  # latents of the FD stream shown in the before/after pictures
+
+
+def overlay(images: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
+    """Images with their flagged pixels (N, 1, H, W) tinted red."""
+    return torch.where(flagged.bool(), 0.4 * images + 0.6 * ARTIFACT_TINT, images)
+
+
+def write_pictures(generator: nn.Module, artifact_segmenter, layer: str, seed: int, width: int, chosen: list[int],
+                   random_sets: list[list[int]], run_dir: Path) -> None:
+    """before_after.png (original, repaired, random ablation) and artifacts.png (flagged pixels in red)."""
+    z = seeded_latents(seed, SHOWN, generator.latent_dim)
+    with torch.no_grad():
+        original = generator(z).clamp(-1, 1)
+        rows = [original]
+        if chosen:
+            rows += [ablate(generator, layer, z, units, width) for units in (chosen, random_sets[0])]
+    save_image(run_dir / "before_after.png", image_grid(scenes.to_uint8(torch.cat(rows)), columns=SHOWN), scale=2)
+    marked = [overlay(images, artifact_segmenter.labels(images)) for images in rows[:2]]
+    save_image(run_dir / "artifacts.png", image_grid(scenes.to_uint8(torch.cat([original, *marked])),
+                                                     columns=SHOWN), scale=2)
+
+
+def fd_chart(fd: dict) -> np.ndarray:
+    names, values, colors = ["original"], [fd["original"]], ["#888888"]
+    if fd["repaired"] is not None:
+        names += ["repaired", f"random (n={len(fd['random'])})"]
+        values += [fd["repaired"], fd["random_mean"]]
+        colors += ["#55a868", "#c44e52"]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
+    ax.bar(names, values, color=colors)
+    if fd["random"]:
+        ax.errorbar([2], [fd["random_mean"]], yerr=[fd["random_std"] or 0], color="black", capsize=6)
+        ax.scatter([2] * len(fd["random"]), fd["random"], color="black", s=10, zorder=3)
+    ax.set_ylabel(f"{fd['name']} (lower is better)")
+    ax.set_title(f"{fd['name']} over {fd['n']} latents")
+    fig.tight_layout()
+    picture = figure_array(fig)
+    plt.close(fig)
+    return picture
+
+
+def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
+    fd, art, s = result["fd"], result["artifact_segmenter"], result["settings"]
+    save_image(run_dir / "fd_chart.png", fd_chart(fd))
+    rows = [["original", fd["original"], result["artifact_fraction"]["original"]]]
+    if fd["repaired"] is not None:
+        f = result["artifact_fraction"]
+        rows += [["repaired", fd["repaired"], f["repaired"]],
+                 *[[f"random {i} (units {units})", v, f["random"][i]]
+                   for i, (units, v) in enumerate(zip(result["random_units"], fd["random"]))],
+                 [f"random: mean +- std over {len(fd['random'])}",
+                  f"{fd['random_mean']:.4f} +- {fd['random_std'] or 0:.4f}", float(np.mean(f["random"]))]]
+    details = {u["unit"]: u for u in layer["units_detail"]}
+    unit_rows = [[r["unit"], r["iou"], r["effect"], "yes" if r["unit"] in result["chosen_units"] else "",
+                  picture(f"dissect/{details[r['unit']]['strip']}", width=560)]
+                 for r in result["ranking"][:s["candidates"]]]
+    held = art.get("held_out", {})
+    sections = [
+        ("Result", f"<p>{len(result['chosen_units'])} of {s['units_in_layer']} units of <code>{s['layer']}</code> "
+                   f"ablated. {fd['name']} over {fd['n']} seeded latents against {fd['real']['n']} real scenes "
+                   "(every generator draws the same latents):</p>"
+                   + table(["generator", fd["name"], f"flagged pixels ({result['artifact_fraction']['n']} latents)"],
+                           rows)
+                   + picture("fd_chart.png", "Frechet distance: original, repaired, random ablations of as many "
+                                             "units")),
+        ("Before and after", picture("before_after.png", "rows: original, repaired, random ablation (same latents)")),
+        ("Artifact maps", picture("artifacts.png", "rows: original; original with flagged pixels in red; repaired "
+                                                   "with flagged pixels in red")
+         + f"<p>Flagged: {art['method']} of the discriminator's fake logit"
+           f"{' at ' + art['d_layer'] if art['d_layer'] else ''} after {art['finetune_steps']} fine-tuning steps, "
+           f"above {art['threshold']:.4g}, calibrated to flag {art['target_flag_rate']:.2%} of real pixels "
+           f"(measured: {art['calibration']['flag_rate']:.3%} on the {art['calibration']['n']} calibration scenes"
+           + (f", {held['flag_rate']:.3%} on {held['n']} held-out scenes" if held else "") + ").</p>"),
+        ("Units", f"<p>Rule: {s['k_rule']}. Top {s['candidates']} units by IoU with <i>artifact</i> "
+                  "(effect = drop in the flagged share when that unit alone is ablated); full artifact dissection: "
+                  "<a href='dissect/index.html'>dissect/</a>.</p>"
+         + table(["unit", "IoU with artifact", "effect", "chosen", "top images (region outlined)"], unit_rows)),
+    ]
+    if "planted" in result:
+        p = result["planted"]
+        sections.insert(1, ("Planted artifacts", f"<p>Planted units {p['units']}: chosen {p['chosen']['units']} "
+                            f"(precision {p['chosen']['precision']}, recall {p['chosen']['recall']}).</p>"))
+    checkpoint = result["checkpoint"]
+    link = (f"<a href='{checkpoint['path']}'>{checkpoint['path']}</a> (sha256 {checkpoint['sha256'][:16]}...)"
+            if checkpoint.get("path") else checkpoint.get("note", ""))
+    sections.append(("Files", f"<p>Numbers: <a href='repair.json'>repair.json</a>; repaired generator: {link}; "
+                              "settings: <a href='config.yaml'>config.yaml</a>.</p>"))
+    write_report(run_dir / "index.html", f"gandissect repair: {s['layer']} of {s['generator']}", sections)
+
+
+def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, result: dict) -> None:
+    run = wandb_run(run_dir, settings, name, config)
+    if run is None:
+        return
+    import wandb
+
+    fd = result["fd"]
+    logged = {f"fd/{name}": value for name, value in (("original", fd["original"]), ("repaired", fd["repaired"]),
+                                                      ("random_mean", fd["random_mean"]),
+                                                      ("random_std", fd["random_std"])) if value is not None}
+    logged.update({f"artifact_fraction/{k}": v for k, v in result["artifact_fraction"].items()
+                   if k in ("original", "repaired")})
+    logged["units"] = wandb.Table(columns=["unit", "iou", "effect", "chosen"],
+                                  data=[[r["unit"], r["iou"], r["effect"], r["unit"] in result["chosen_units"]]
+                                        for r in result["ranking"][:result["settings"]["candidates"]]])
+    for name in ("before_after", "artifacts", "fd_chart"):
+        logged[f"images/{name}"] = wandb.Image(str(run_dir / f"{name}.png"))
+    run.log(logged)
+    run.finish()

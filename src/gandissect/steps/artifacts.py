@@ -1,0 +1,91 @@
+"""Build the artifact segmenter of a repair (GAN Dissection, step 5): the GAN's discriminator D, fine-tuned for a
+few hundred steps against the generator being repaired, gives a per-pixel fakeness map (Grad-CAM of its fake
+logit at an intermediate layer, or the input-gradient saliency); a threshold calibrated on real scenes flags
+``flag_rate`` (1%) of their pixels. What it flags on generated images is the class ``artifact``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from gandissect.config import RepairConfig, to_dict
+from gandissect.core.latents import seeded_latents
+from gandissect.data import scenes
+from gandissect.data.images import scene_batches
+from gandissect.io import sha256_file, write_json
+from gandissect.models.artifact_segmenter import ArtifactSegmenter
+from gandissect.models.losses import discriminator_loss
+from gandissect.models.progan import ProGANDiscriminator, load_discriminator
+
+
+def finetune_discriminator(discriminator: ProGANDiscriminator, generator: nn.Module, steps: int, batch_size: int,
+                           lr: float, seed: int, r1_gamma: float = 1.0, r1_interval: int = 4) -> ProGANDiscriminator:
+    """A copy of D trained ``steps`` more steps (the training loss: non-saturating, lazy R1) against the frozen
+    generator, on real scenes of world ``seed``. A GAN's D at equilibrium is weak; this sharpens it on the
+    generator being repaired."""
+    D = copy.deepcopy(discriminator).train().requires_grad_(True)
+    optimizer = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.99))
+    real_scenes = scenes.SceneDataset(seed, steps * batch_size, generator.resolution)
+    for step in tqdm(range(steps), desc="fine-tune discriminator", unit="step", leave=False):
+        real = torch.stack([real_scenes[step * batch_size + i][0] for i in range(batch_size)])
+        with torch.no_grad():
+            fake = generator(seeded_latents(seed, batch_size, generator.latent_dim, step * batch_size)).clamp(-1, 1)
+        regularize = r1_gamma > 0 and step % r1_interval == 0
+        loss, _ = discriminator_loss(D, real, fake, r1_gamma if regularize else 0.0, r1_interval)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return D.eval().requires_grad_(False)
+
+
+def build_artifact_segmenter(cfg: RepairConfig, generator: nn.Module) -> tuple[ArtifactSegmenter, dict]:
+    """Fine-tune (optionally) and calibrate the artifact segmenter; returns it with a record of how."""
+    a = cfg.artifact
+    start = time.perf_counter()
+    D = load_discriminator(a.discriminator)
+    if a.finetune_steps:
+        D = finetune_discriminator(D, generator, a.finetune_steps, a.finetune_batch_size, a.finetune_lr,
+                                   a.finetune_seed)
+    segmenter = ArtifactSegmenter(D, a.method, a.d_layer)
+    size = generator.resolution
+    batches = math.ceil(a.calibration_n / cfg.batch_size)
+    threshold = segmenter.calibrate(scene_batches(a.calibration_seed, a.calibration_n, size, cfg.batch_size),
+                                    a.flag_rate, total=batches)
+    record = {"discriminator": a.discriminator, "discriminator_sha256": sha256_file(a.discriminator),
+              "method": a.method, "d_layer": a.d_layer if a.method == "gradcam" else None,
+              "finetune_steps": a.finetune_steps, "threshold": threshold, "target_flag_rate": a.flag_rate,
+              "calibration": {"n": a.calibration_n, "seed": a.calibration_seed,
+                              "flag_rate": segmenter.flag_rate(scene_batches(a.calibration_seed, a.calibration_n,
+                                                                             size, cfg.batch_size))}}
+    if a.check_n:
+        record["held_out"] = {"n": a.check_n, "seed": a.check_seed,
+                              "flag_rate": segmenter.flag_rate(scene_batches(a.check_seed, a.check_n, size,
+                                                                             cfg.batch_size))}
+    record["build_s"] = round(time.perf_counter() - start, 1)
+    return segmenter, record
+
+
+def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: str,
+                       run_dir: Path) -> tuple[ArtifactSegmenter, dict]:
+    """Build the artifact segmenter into ``run_dir``, or reuse the one an earlier run with the same settings saved
+    there. Returns it and a record of how it was made (with the ``key`` that decides the reuse)."""
+    path, record_path = run_dir / "artifact_segmenter.safetensors", run_dir / "artifact_segmenter.json"
+    key = {"artifact": to_dict(cfg.artifact), "discriminator_sha256": sha256_file(cfg.artifact.discriminator),
+           "generator": generator_id, "plant": to_dict(cfg.plant), "batch_size": cfg.batch_size}
+    if path.is_file() and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("key") == key:
+            return ArtifactSegmenter.load(path), record
+    segmenter, record = build_artifact_segmenter(cfg, generator)
+    segmenter.save(path)
+    record["key"] = key
+    write_json(record_path, record)
+    return segmenter, record
