@@ -135,6 +135,34 @@ def test_two_ddp_processes_give_the_same_counts_and_labels_as_one(tmp_path):
     assert a["layers"]["layer4"]["interpretable_units"] > 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_started_by_torchrun_give_the_one_process_dissection(tmp_path):
+    """Two single-process "nodes" on the loopback address (torchrun --nnodes 2, gloo), as an external launcher
+    starts a run on a cluster: the dissection must equal the one-process one."""
+    script = REPO / "tests" / "dissect_nodes_script.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "1"], check=True, cwd=REPO, timeout=300,
+                   capture_output=True)
+    port = _free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+                               "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port",
+                               str(port), str(script), str(tmp_path / "two"), "2"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    one, two = (json.loads((tmp_path / name / "dissect.json").read_text()) for name in ("one", "two"))
+    assert one["settings"]["processes"] == 1 and two["settings"]["processes"] == 2
+    assert one["layers"]["layer4"]["units_detail"] == two["layers"]["layer4"]["units_detail"]
+    assert one["layers"]["layer4"]["iou_by_class"] == two["layers"]["layer4"]["iou_by_class"]
+
+
 def _gandissect(*args):
     return subprocess.run([console_script(), *args], capture_output=True, text=True, cwd=REPO, timeout=300)
 

@@ -41,7 +41,7 @@ def test_wandb_offline_run_lives_in_the_run_directory_and_holds_the_metrics(trai
     assert len(files) == 1
     history = read_offline_history(run_dir)
     losses = [row["train/loss"] for row in history if "train/loss" in row]
-    assert len(losses) == 6 and all(loss > 0 for loss in losses)
+    assert len(losses) == 6
     mious = [row["val/miou"] for row in history if "val/miou" in row]
     assert len(mious) == 2  # validation after steps 3 and 6
     assert mious[-1] == pytest.approx(results["val_miou"], rel=1e-6)
@@ -50,6 +50,22 @@ def test_wandb_offline_run_lives_in_the_run_directory_and_holds_the_metrics(trai
     assert len(images) == 2 and images[0]["_type"] == "images/separated"
     media = run_dir.glob("wandb/offline-run-*/files/" + images[0]["filenames"][0])
     assert next(media).stat().st_size > 0  # the picture itself is in the run files
+
+
+def test_validation_iou_rises_with_training_from_a_fixed_seed(tmp_path):
+    """A narrow segmenter trained 150 steps on 32-pixel scenes (seed 0): the validation mIoU measured after 150
+    steps exceeds the one after 25 by a clear margin, and the training loss of the last 10 steps is below the
+    first 10's."""
+    cfg = load_config(SegmenterTrainConfig, None, [
+        "model.widths=[8, 16]", "data.size=32", "data.batch_size=8", "data.val_length=64", "data.num_workers=0",
+        "trainer.max_steps=150", "trainer.val_check_interval=25", "trainer.log_every_n_steps=1",
+        "devices.accelerator=cpu"])
+    train_segmenter(cfg, run_dir=tmp_path / "learning")
+    history = read_offline_history(tmp_path / "learning")
+    mious = [row["val/miou"] for row in history if "val/miou" in row]
+    losses = [row["train/loss"] for row in history if "train/loss" in row]
+    assert len(mious) == 6 and mious[-1] > mious[0] + 0.05, mious
+    assert sum(losses[-10:]) < sum(losses[:10]), (losses[:10], losses[-10:])
 
 
 def test_a_second_run_resumes_and_continues_the_step_count(tmp_path):

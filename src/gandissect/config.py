@@ -268,7 +268,7 @@ class AceConfig:
 
 @dataclass
 class ArtifactConfig:
-    """How the artifact segmenter is built from the GAN's discriminator (see gandissect.repair)."""
+    """How the artifact segmenter is built from the GAN's discriminator (see gandissect.steps.artifacts)."""
 
     discriminator: str = defaults.SCENE_GAN_DISCRIMINATOR
     method: str = "gradcam"        # gradcam (of D's fake logit at d_layer) | saliency (input gradient)

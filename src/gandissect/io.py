@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -69,8 +70,6 @@ def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray
 
 
 def sha256_file(path: str | Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

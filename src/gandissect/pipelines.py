@@ -21,9 +21,8 @@ from gandissect.config import AceConfig, DissectConfig, RepairConfig, WandbConfi
 from gandissect.core import distributed
 from gandissect.core.runs import model_identity, runs_root, start_run
 from gandissect.io import write_json
-from gandissect.steps import artifacts, repair
+from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
-from gandissect.steps.intervene import run_ace
 
 
 def _dissection_holds(path: Path, layer: str, generator_id: str) -> bool:
@@ -46,6 +45,7 @@ def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.
     """ACE of ``cfg.class_name`` at ``cfg.layer``, ranked from ``cfg.dissection`` when that has the layer (of these
     weights), else from a dissection of ``dissect_n`` latents run into ``<run_dir>/dissect``."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    intervene.check_request(cfg, generator, segmenter)
     generator_id = model_identity(cfg.generator, generator)
     given = _given_dissection(cfg)
     if given.is_file() and json.loads(given.read_text()).get("layers", {}).get(cfg.layer) is not None:
@@ -57,7 +57,7 @@ def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.
                                  layers=[cfg.layer], n=cfg.dissect_n, seed=cfg.dissect_seed, batch_size=32,
                                  resume=False, devices=cfg.devices, wandb=WandbConfig(mode="disabled"))
             run_dissection(dcfg, dissection.parent, generator=generator, segmenter=segmenter)
-    return run_ace(cfg, dissection, run_dir, generator=generator, segmenter=segmenter)
+    return intervene.run_ace(cfg, dissection, run_dir, generator=generator, segmenter=segmenter)
 
 
 def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generator: nn.Module | None = None) -> dict:

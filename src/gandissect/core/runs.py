@@ -9,7 +9,9 @@ account or a network; ``wandb sync runs/<name>/wandb/offline-run-*`` uploads a r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import platform
 from pathlib import Path
 
@@ -97,9 +99,6 @@ def read_offline_history(run_dir: str | Path) -> list[dict]:
     around a serialized protobuf ``Record``. Reading it back lets tests and users check what was
     logged without an account or the W&B server.
     """
-    import json
-    import struct
-
     from wandb.proto import wandb_internal_pb2
 
     block, rows = 32 * 1024, []

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from gandissect.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
 from gandissect.data import scenes
@@ -146,9 +148,6 @@ def iou_summary(metric, classes: tuple[str, ...]) -> dict:
 def evaluate_segmenter(segmenter: SceneSegmenter, seed: int, n: int, size: int = 64,
                        batch_size: int = 50, progress: bool = True) -> dict:
     """IoU per class (pixels summed over all scenes) of ``segmenter`` on scenes 0..n-1 of world ``seed``."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
     metric = iou_metric(segmenter.classes)
     loader = DataLoader(scenes.SceneDataset(seed, n, size), batch_size=batch_size)
     for images, label in tqdm(loader, desc="segmenting", disable=not progress, leave=False):

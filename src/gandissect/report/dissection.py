@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from gandissect.data import scenes
 from gandissect.io import figure_array, save_image
 from gandissect.metrics.unit_stats import upsampled_masks
 from gandissect.report.html import picture, table, write_report
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 OUTLINE = np.array([255, 225, 0], np.uint8)
 CATEGORY_COLORS = {"object": "#4c72b0", "part": "#dd8452", "stuff": "#55a868", "material": "#8172b3"}
@@ -46,11 +50,6 @@ def unit_strip(images: np.ndarray, masks: torch.Tensor, scale: int = 2, gap: int
 
 def layer_chart(layer: str, summary: dict, categories: dict[str, str], iou_threshold: float) -> np.ndarray:
     """Bar chart of interpretable units per class, grouped by category, as an (H, W, 3) uint8 picture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     order = sorted(summary["per_class"], key=lambda c: (list(CATEGORY_COLORS).index(categories.get(c, "stuff"))
                                                         if categories.get(c) in CATEGORY_COLORS else 9,
                                                         -summary["per_class"][c], c))
@@ -72,11 +71,6 @@ def layer_chart(layer: str, summary: dict, categories: dict[str, str], iou_thres
 
 def layers_chart(result: dict) -> np.ndarray:
     """Interpretable units per layer, stacked by category, as an (H, W, 3) uint8 picture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(result["layers"])
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 2), 3.0), dpi=100)
     bottom = np.zeros(len(names))

@@ -164,6 +164,13 @@ def insertion_constants(how: str, dissection: dict, generator: nn.Module, segmen
                                 min(n, settings["n"]), batch_size)
 
 
+def check_request(cfg: AceConfig, generator: nn.Module | None = None, segmenter=None) -> None:
+    """Refuse an unknown class or layer (naming the valid ones) before anything runs or is written."""
+    segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
+    class_index(segmenter, cfg.class_name)
+    layer_shape(load_generator(cfg.generator) if generator is None else generator, cfg.layer)
+
+
 def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None, generator: nn.Module | None = None,
             segmenter=None) -> dict:
     """Learn which units of ``cfg.layer`` cause ``cfg.class_name``, measure removal curves (IoU vs ACE ranking) and
