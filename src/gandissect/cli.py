@@ -32,7 +32,7 @@ from gandissect.core.runs import runs_root
 from gandissect.errors import GandissectError
 
 
-# Each command imports its step when it runs, so `gandissect --help` and a refused config stay fast.
+# Each command reads its config first and imports its step only then, so `--help` and a refused config are fast.
 def _scenes(args) -> dict:
     from gandissect.steps.evaluate import run_scenes
 
@@ -40,11 +40,10 @@ def _scenes(args) -> dict:
 
 
 def _train(args) -> dict:
+    cfg = load_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args.config, args.set)
     from gandissect.steps.train import train_gan, train_segmenter
 
-    if args.model == "gan":
-        return train_gan(load_config(GANTrainConfig, args.config, args.set))
-    return train_segmenter(load_config(SegmenterTrainConfig, args.config, args.set))
+    return train_gan(cfg) if args.model == "gan" else train_segmenter(cfg)
 
 
 def _eval_segmenter(args) -> dict:
@@ -80,44 +79,46 @@ def _fid_score(args) -> dict:
 
 
 def _dissect(args) -> dict:
-    from gandissect.steps import dissect
-
     overrides = list(args.set)
     if args.layers is not None:
         overrides.append(f"layers=[{args.layers}]")
     if args.n is not None:
         overrides.append(f"n={args.n}")
     cfg = load_config(DissectConfig, args.config, overrides)
+    from gandissect.steps import dissect
+
     result = dissect.run_dissection(cfg)
     return dissect.summary(result, runs_root() / cfg.name) if result else {}  # {}: a process other than rank 0
 
 
 def _ace(args) -> dict:
-    from gandissect.pipelines import run_ace_pipeline
-    from gandissect.steps import intervene
-
     overrides = list(args.set)
     if args.class_name:
         overrides.append(f"class_name={args.class_name}")
     if args.layer:
         overrides.append(f"layer={args.layer}")
-    result = run_ace_pipeline(load_config(AceConfig, args.config, overrides))
+    cfg = load_config(AceConfig, args.config, overrides)
+    from gandissect.pipelines import run_ace_pipeline
+    from gandissect.steps import intervene
+
+    result = run_ace_pipeline(cfg)
     return intervene.summary(result) if result else {}
 
 
 def _repair(args) -> dict:
+    cfg = load_config(RepairConfig, args.config, list(args.set))
     from gandissect.pipelines import run_repair_pipeline
     from gandissect.steps import repair
 
-    cfg = load_config(RepairConfig, args.config, list(args.set))
     result = run_repair_pipeline(cfg)
     return repair.summary(result, runs_root() / cfg.name) if result else {}
 
 
 def _demo(args) -> dict:
+    cfg = load_config(DemoConfig, args.config, args.set)
     from gandissect.demo import run_demo
 
-    return run_demo(load_config(DemoConfig, args.config, args.set))
+    return run_demo(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:

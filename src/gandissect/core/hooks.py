@@ -204,23 +204,38 @@ def insert(generator: nn.Module, layer: str, z: torch.Tensor, units, constants: 
     return edited_images(generator, layer, z, unit_alpha(units, len(constants)).to(z), constants.to(z), region)
 
 
-def fold_ablation(generator: nn.Module, layer: str, units: list[int]) -> nn.Module:
-    """A copy of ``generator`` whose ``layer`` outputs exactly 0 at ``units``: their conv weights and bias are
-    zeroed, which equals ablating them everywhere (LeakyReLU(0) = 0)."""
-    block = dict(generator.named_modules()).get(layer)
+def _foldable_conv(module: nn.Module, layer: str) -> tuple[nn.Conv2d, torch.Tensor | None]:
+    """The conv whose output channels are ``layer``'s units, and the bias added to them."""
+    block = dict(module.named_modules()).get(layer)
     if not layer or block is None:
-        raise UnknownLayerError(f"unknown layer {layer!r}; this model has: {', '.join(layer_names(generator))}")
+        raise UnknownLayerError(f"unknown layer {layer!r}; this model has: {', '.join(layer_names(module))}")
     conv = getattr(block, "conv", block)
     if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(block, "activation", True), bool):
-        raise BadValueError(f"cannot fold an ablation into {layer!r} ({type(block).__name__}): expected a ProGAN "
+        raise BadValueError(f"cannot fold an edit into {layer!r} ({type(block).__name__}): expected a ProGAN "
                             "block or a Conv2d whose output is the layer's output")
+    return conv, block.wscale.b if hasattr(block, "wscale") else conv.bias
+
+
+def fold_unit_scale(generator: nn.Module, layer: str, scale: torch.Tensor) -> nn.Module:
+    """A copy of ``generator`` whose ``layer`` output at unit u is multiplied by ``scale[u]`` (>= 0): the units'
+    conv weights and bias are scaled. This equals the soft ablation ``r' = (1 - alpha) r`` with
+    ``scale = 1 - alpha``, because LeakyReLU is positively homogeneous (lrelu(s x) = s lrelu(x) for s >= 0); a
+    scale of 0 (a full ablation) or 1 is exact to the bit, others to float rounding."""
+    conv, _ = _foldable_conv(generator, layer)
+    scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
+    if len(scale) != conv.out_channels or bool((scale < 0).any()):
+        raise BadValueError(f"{layer!r} has {conv.out_channels} units; got {len(scale)} scales (each must be >= 0)")
     folded = copy.deepcopy(generator)
-    block = dict(folded.named_modules())[layer]
-    conv = getattr(block, "conv", block)
-    bias = block.wscale.b if hasattr(block, "wscale") else getattr(conv, "bias", None)
+    conv, bias = _foldable_conv(folded, layer)
     with torch.no_grad():
-        index = torch.tensor(units, dtype=torch.long)
-        conv.weight[index] = 0
+        conv.weight.mul_(scale.to(conv.weight).view(-1, *[1] * (conv.weight.ndim - 1)))
         if bias is not None:
-            bias[index] = 0
+            bias.mul_(scale.to(bias))
     return folded
+
+
+def fold_ablation(generator: nn.Module, layer: str, units: list[int]) -> nn.Module:
+    """A copy of ``generator`` whose ``layer`` outputs exactly 0 at ``units`` (their weights and bias zeroed),
+    which equals ablating them everywhere (LeakyReLU(0) = 0)."""
+    conv, _ = _foldable_conv(generator, layer)
+    return fold_unit_scale(generator, layer, 1 - unit_alpha(units, conv.out_channels))
