@@ -302,6 +302,63 @@ class PlantConfig:
 
 
 @dataclass
+class UnitFDConfig:
+    """Route ``unit_fd``: per unit, the FD of its ``top`` images (by maximum activation) among ``n`` latents."""
+
+    n: int = 2000
+    seed: int = 3
+    top: int = 200
+
+    def __post_init__(self):
+        _positive(self, "n", "top")
+        if self.top > self.n:
+            raise ConfigError(f"unit_fd.top={self.top} > unit_fd.n={self.n}: the top images are among the n")
+
+
+@dataclass
+class LearnedRepairConfig:
+    """Routes ``learned`` / ``learned_soft``: the learned soft ablation alpha (see gandissect.steps.repair.learned)."""
+
+    objective: str = "discriminator"   # discriminator (D's generator loss) | artifact (soft artifact probability)
+    steps: int = 200
+    lr: float = 0.01
+    lam: float = 0.01
+    batch_size: int = 16
+    seed: int = 4                      # latent stream of the optimization batches
+    init_value: float = 0.05           # the top k units by artifact IoU start at 1, the others here
+
+    def __post_init__(self):
+        if self.objective not in ("discriminator", "artifact"):
+            raise ConfigError(f"learned.objective must be discriminator or artifact, got {self.objective!r}")
+        _positive(self, "steps", "batch_size")
+        if not self.lr > 0 or not self.lam >= 0 or not 0 <= self.init_value <= 1:
+            raise ConfigError(f"learned: expected lr > 0, lam >= 0, 0 <= init_value <= 1; got {self.lr}, "
+                              f"{self.lam}, {self.init_value}")
+
+
+@dataclass
+class EvaluationConfig:
+    """How a repair is measured: bootstrap intervals, KID, precision/recall, the world's rules."""
+
+    resamples: int = 200           # bootstrap resamples of the generated samples
+    level: float = 0.95
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    k: int = 3                     # neighbours for precision/recall
+    rules_n: int = 2000            # latents (of the FD's) whose segmentation is checked against the world's rules
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "resamples", "kid_subsets", "kid_subset_size", "k")
+        if not 0 < self.level < 1 or self.rules_n < 0:
+            raise ConfigError(f"evaluation: expected 0 < level < 1 and rules_n >= 0, got {self.level}, "
+                              f"{self.rules_n}")
+
+
+REPAIR_ROUTES = ("iou", "iou_effect", "unit_fd", "learned", "learned_soft")
+
+
+@dataclass
 class RepairConfig:
     name: str = "repair"
     generator: str = defaults.SCENE_GAN_GENERATOR
@@ -320,11 +377,15 @@ class RepairConfig:
     real_n: int = 10000            # real scenes of world real_seed for the real statistics
     real_seed: int = 12345
     real_stats: str | None = None  # an existing pytorch-fid .npz instead (must match the backbone)
-    random_draws: int = 3          # random ablations of k units, for the spread FD gains by chance
+    routes: list[str] = field(default_factory=lambda: ["iou_effect"])  # each evaluated; the first is saved
+    random_draws: int = 10         # random ablations of k units, for the spread the measures gain by chance
     random_seed: int = 0
     batch_size: int = 50
     artifact: ArtifactConfig = field(default_factory=ArtifactConfig)
     plant: PlantConfig = field(default_factory=PlantConfig)
+    unit_fd: UnitFDConfig = field(default_factory=UnitFDConfig)
+    learned: LearnedRepairConfig = field(default_factory=LearnedRepairConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -334,6 +395,9 @@ class RepairConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected a positive integer, or null for the default")
         _positive(self, "dissect_n", "effect_n", "fd_n", "real_n", "batch_size")
+        unknown = [route for route in self.routes if route not in REPAIR_ROUTES]
+        if unknown or not self.routes or len(set(self.routes)) != len(self.routes):
+            raise ConfigError(f"routes={list(self.routes)}: expected distinct routes among {', '.join(REPAIR_ROUTES)}")
         if self.random_draws < 1:
             raise ConfigError("random_draws must be at least 1: the random ablations are the repair's control")
         if self.fd_backbone not in ("auto", "scenes", "inception"):

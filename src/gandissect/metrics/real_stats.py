@@ -1,22 +1,35 @@
 """The real side of a Frechet distance, computed once and cached as pytorch-fid's ``.npz``.
 
 The cache file is named by everything that determines it - the metric, the first hex digits of its weights'
-sha256, the image size and the scenes - so statistics of another backbone or world are never silently reused.
-Under several processes each feeds its share of the scenes, the metric sums them, rank 0 writes the file and the
-others read it after a barrier.
+sha256, the image size and the scenes - so statistics of another backbone or world are never silently reused. Beside
+pytorch-fid's ``mu`` and ``sigma`` it keeps the real features themselves (pytorch-fid ignores the extra array),
+which KID and precision/recall need. Under several processes each computes the features of its share of the
+scenes, rank 0 writes the file and the others read it after a barrier.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gandissect.core import distributed
 from gandissect.data.images import scene_batches
-from gandissect.errors import ConfigError
-from gandissect.io import sha256_file
-from gandissect.metrics.fid import FrechetDistance, feed, load_statistics, save_statistics
+from gandissect.errors import CheckpointError, ConfigError
+from gandissect.io import atomic_path, sha256_file
+from gandissect.metrics.feature_bank import FeatureBank, mean_and_covariance
+from gandissect.metrics.fid import FrechetDistance, load_statistics
+
+
+@dataclass
+class RealStatistics:
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int | None
+    features: torch.Tensor | None  # None for a user's .npz that holds only mu and sigma
+    path: Path
 
 
 def cache_name(fd: FrechetDistance, size: int, seed: int, n: int, weights_file: str | Path | None) -> str:
@@ -24,20 +37,34 @@ def cache_name(fd: FrechetDistance, size: int, seed: int, n: int, weights_file: 
     return f"real_stats_{fd.name}_{size}px_seed{seed}_n{n}_{weights}.npz"
 
 
+@torch.no_grad()
 def real_statistics(fd: FrechetDistance, size: int, seed: int, n: int, batch_size: int, cache_dir: str | Path,
-                    weights_file: str | Path | None, given: str | Path | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(mu, sigma, count) of ``n`` ``size``-pixel scenes of world ``seed`` through ``fd``'s backbone, cached in
-    ``cache_dir``; or of the ``given`` .npz (which must hold statistics of the same metric)."""
+                    weights_file: str | Path | None, given: str | Path | None = None) -> RealStatistics:
+    """Statistics and features of ``n`` ``size``-pixel scenes of world ``seed`` through ``fd``'s backbone, cached
+    in ``cache_dir``; or the ``given`` .npz (which must hold statistics of the same metric)."""
     path = Path(given) if given else Path(cache_dir) / cache_name(fd, size, seed, n, weights_file)
     if not path.is_file() and given is None:
-        metric = FrechetDistance(fd.backbone, fd.num_features, name=fd.name).to(distributed.collective_device())
-        share = (distributed.rank(), distributed.world_size())
-        feed(metric, scene_batches(seed, n, size, batch_size, share), real=True,
-             total=len(range(share[0], n, share[1])), desc=f"real statistics ({fd.name})")
-        mu, sigma = metric.statistics(real=True)  # summed over the processes
-        distributed.rank_zero_first(lambda: save_statistics(path, mu, sigma, name=fd.name, count=n))
+        device = distributed.collective_device()
+        bank = FeatureBank().to(device)
+        rank, world = distributed.rank(), distributed.world_size()
+        batches = scene_batches(seed, n, size, batch_size, (rank, world))
+        indices = torch.arange(rank, n, world)
+        for start, images in zip(range(0, len(indices), batch_size), batches):
+            bank.update(fd.backbone(images.to(device)), indices[start:start + batch_size])
+        features = bank.compute()  # every process's scenes, in order
+        mu, sigma = mean_and_covariance(features)
+
+        def save() -> None:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez_compressed(fh, mu=mu, sigma=sigma, name=np.array(fd.name), count=np.array(n, np.int64),
+                                    features=features.numpy())
+        distributed.rank_zero_first(save)
     stats = load_statistics(path)
     if stats["name"] not in (None, fd.name):
         raise ConfigError(f"real statistics {path} hold {stats['name']} statistics; this measures {fd.name}")
-    return stats["mu"], stats["sigma"], stats["count"]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            features = torch.from_numpy(f["features"]) if "features" in f.files else None
+    except Exception as err:  # load_statistics read it, so this is a damaged features array
+        raise CheckpointError(f"statistics file {path}: cannot read its features ({err})") from None
+    return RealStatistics(stats["mu"], stats["sigma"], stats["count"], features, path)

@@ -63,6 +63,45 @@ def fd_chart(fd: dict) -> np.ndarray:
     return picture
 
 
+def _interval(values) -> str:
+    return f"[{values[0]:.4f}, {values[1]:.4f}]" if values else ""
+
+
+def verdict_text(verdict: dict) -> str:
+    """The verdict of a route's repair in one sentence."""
+    parts = ["better than the original beyond the 95% interval on FD" if
+             verdict["fd_better_than_original_beyond_interval"] else "not better than the original beyond the 95% "
+             "interval on FD"]
+    parts.append(f"also on {', '.join(verdict['another_metric_better_beyond_interval'])}"
+                 if verdict["another_metric_better_beyond_interval"] else "on no other metric")
+    parts.append("better than every random draw" if verdict["better_than_every_random_draw"] else
+                 "not better than every random draw")
+    return "; ".join(parts) + (": the target is met." if verdict["target_met"] else ": the target is not met.")
+
+
+def routes_section(result: dict) -> str:
+    """The routes table: each route's repair against the original (paired intervals) and the random draws."""
+    evaluation, fd_name = result["evaluation"], result["fd"]["name"]
+    original = evaluation["variants"]["original"]
+    rows = [["original", "", original["fd"], _interval(original["fd_interval"]), "", original.get("kid"),
+             original.get("precision"), original.get("recall"), original.get("rules", {}).get("images_broken"),
+             result["artifact_fraction"]["original"], ""]]
+    for row in result["routes_table"]:
+        vs, draws = row["vs_original"], evaluation["repairs"]["route:" + row["route"]]["random_draws"]
+        rows.append([row["route"] + (" (soft)" if row["soft"] else ""), row["units"][:8], row["fd"],
+                     _interval(row["fd_interval"]), _interval(vs["fd_interval"]), row["kid"], row["precision"],
+                     row["recall"], row["rules_broken"], row["flagged_share"],
+                     f"{row['random_draws_at_least_as_good']} of {draws}"])
+    randoms = evaluation["random"]
+    if randoms["fd"]:
+        rows.append([f"random ({len(randoms['fd'])} draws)", "", f"{randoms['fd_mean']:.4f} +- "
+                     f"{randoms['fd_std'] or 0:.4f}", "", "", "", "", "", "", "", ""])
+    header = ["repair", "units", fd_name, "95% interval", "minus original (paired 95%)", "KID", "precision",
+              "recall", "images breaking a rule", "flagged pixels", "random draws at least as good"]
+    verdict = result["verdict"]
+    return (table(header, rows) + f"<p>Default route <b>{verdict['route']}</b>: {verdict_text(verdict)}</p>")
+
+
 def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
     fd, art, s = result["fd"], result["artifact_segmenter"], result["settings"]
     save_image(run_dir / "fd_chart.png", fd_chart(fd))
@@ -100,10 +139,12 @@ def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
                   "<a href='dissect/index.html'>dissect/</a>.</p>"
          + table(["unit", "IoU with artifact", "effect", "chosen", "top images (region outlined)"], unit_rows)),
     ]
+    sections.insert(1, ("Routes", routes_section(result)))
     if "planted" in result:
         p = result["planted"]
-        sections.insert(1, ("Planted artifacts", f"<p>Planted units {p['units']}: chosen {p['chosen']['units']} "
-                            f"(precision {p['chosen']['precision']}, recall {p['chosen']['recall']}).</p>"))
+        rows = [[route, score["units"], score["precision"], score["recall"]] for route, score in p["chosen"].items()]
+        sections.insert(1, ("Planted artifacts", f"<p>Planted units {p['units']}; what each route chose:</p>"
+                            + table(["route", "units", "precision", "recall"], rows)))
     checkpoint = result["checkpoint"]
     link = (f"<a href='{checkpoint['path']}'>{checkpoint['path']}</a> (sha256 {checkpoint['sha256'][:16]}...)"
             if checkpoint.get("path") else checkpoint.get("note", ""))
