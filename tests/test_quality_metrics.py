@@ -17,7 +17,7 @@ C = {name: i for i, name in enumerate(scenes.CLASSES)}
 
 def test_kid_on_one_subset_of_everything_is_the_unbiased_polynomial_mmd():
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 6, generator=gen), torch.randn(40, 6, generator=gen) + 0.3
+    x, y = torch.randn(40, 6, generator=gen).double(), torch.randn(40, 6, generator=gen).double() + 0.3
     k = lambda a, b: (a @ b.T / 6 + 1) ** 3  # noqa: E731  (the polynomial kernel of Binkowski et al.)
     m = len(x)
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
@@ -112,3 +112,18 @@ def test_real_scenes_obey_the_rules_and_planted_violations_are_found():
     objects = sum(np.isin(m, [C[c] for c in ("tree", "building", "roof", "dome", "door", "window")]).sum()
                   for m in (_street(), planted["floating_object"], planted["part_off_building"]))
     assert result["object_pixels_violating"] == pytest.approx((6 + 4) / objects)
+
+
+def test_the_paired_kid_difference_is_the_difference_of_kids_on_shared_subsets():
+    from gandissect.metrics.kid import kernel_distance_difference
+
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(50, 6, generator=gen)
+    base = torch.randn(50, 6, generator=gen) + 0.5
+    closer = base * 0.5  # the same samples, moved towards the real ones
+    full_real = kernel_distance(real, closer, subsets=1, subset_size=50)[0] - \
+        kernel_distance(real, base, subsets=1, subset_size=50)[0]
+    difference, (low, high) = kernel_distance_difference(real, closer, base, subsets=1, subset_size=50)
+    assert difference == pytest.approx(full_real, rel=1e-9)  # one subset of everything: the plain difference
+    difference, (low, high) = kernel_distance_difference(real, closer, base, subsets=40, subset_size=25)
+    assert low <= difference <= high < 0

@@ -144,7 +144,7 @@ def test_planted_artifact_units_are_recovered(isolated_runs):
 
 
 def test_repair_command_end_to_end(isolated_runs):
-    done = _repair("tiny", "k=2", "candidates=4", "wandb.mode=offline", *TINY)
+    done = _repair("tiny", "k=2", "candidates=4", "wandb.mode=offline", "routes=[iou_effect,iou]", *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     run = isolated_runs / "tiny"
@@ -171,7 +171,8 @@ def test_repair_command_end_to_end(isolated_runs):
     assert result["artifact_fraction"]["seed"] == fd["seed"] != result["artifact_fraction"]["selection"]["seed"]
 
     # a rerun under the same name with another artifact segmenter starts its dissection over, not fails
-    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", *TINY, "artifact.calibration_n=32")
+    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", "routes=[iou_effect,iou]", *TINY,
+                    "artifact.calibration_n=32")
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((run / "repair.json").read_text())
     assert rerun["artifact_segmenter"]["calibration"]["n"] == 32
@@ -220,3 +221,19 @@ def test_the_artifact_segmenter_is_bit_identical_whatever_ran_before_and_at_any_
                               text=True, timeout=300, cwd=REPO, check=True).stdout.split("RESULT ")[-1].strip()
                for state in ("fresh", "busy")]
     assert printed[0] == printed[1] and len(printed[0]) > 20, printed
+
+
+def test_a_ready_artifact_segmenter_is_used_as_it_is(tmp_path):
+    """The shipped GAN's artifact segmenter (checkpoints/) is loaded instead of built, recorded by its sha256 and
+    copied into the run, where the artifact dissection reads it."""
+    from gandissect.config import RepairConfig, load_config
+    from gandissect.io import sha256_file
+    from gandissect.steps.artifacts import artifact_segmenter
+
+    shipped = REPO / "checkpoints" / "scene_gan_artifact_segmenter.safetensors"
+    cfg = load_config(RepairConfig, None, [f"artifact.segmenter={shipped}"])
+    segmenter, record = artifact_segmenter(cfg, load_generator(SHIPPED_GAN), "id", tmp_path)
+    assert record["segmenter_sha256"] == sha256_file(shipped) and record["build_s"] == 0.0
+    assert record["threshold"] == pytest.approx(float(ArtifactSegmenter.load(shipped).threshold))
+    assert torch.equal(ArtifactSegmenter.load(tmp_path / "artifact_segmenter.safetensors").threshold,
+                       segmenter.threshold) and record["method"] == "gradcam"

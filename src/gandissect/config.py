@@ -270,6 +270,7 @@ class AceConfig:
 class ArtifactConfig:
     """How the artifact segmenter is built from the GAN's discriminator (see gandissect.steps.artifacts)."""
 
+    segmenter: str | None = None   # a ready artifact segmenter (.safetensors) to use instead of building one
     discriminator: str = defaults.SCENE_GAN_DISCRIMINATOR
     method: str = "gradcam"        # gradcam (of D's fake logit at d_layer) | saliency (input gradient)
     d_layer: str = "layer3"        # the discriminator layer Grad-CAM reads (layer3: 32x32 for a 64px D)
@@ -377,7 +378,7 @@ class RepairConfig:
     real_n: int = 10000            # real scenes of world real_seed for the real statistics
     real_seed: int = 12345
     real_stats: str | None = None  # an existing pytorch-fid .npz instead (must match the backbone)
-    routes: list[str] = field(default_factory=lambda: ["iou_effect"])  # each evaluated; the first is saved
+    routes: list[str] = field(default_factory=lambda: ["iou"])  # each evaluated; the first is saved (see README)
     random_draws: int = 10         # random ablations of k units, for the spread the measures gain by chance
     random_seed: int = 0
     batch_size: int = 50

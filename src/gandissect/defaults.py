@@ -4,6 +4,7 @@ root (the commands are run from there, as ``make demo`` does)."""
 SCENE_SEGMENTER = "checkpoints/scene_segmenter.safetensors"
 SCENE_GAN_GENERATOR = "checkpoints/scene_gan_generator.safetensors"
 SCENE_GAN_DISCRIMINATOR = "checkpoints/scene_gan_discriminator.safetensors"
+SCENE_GAN_ARTIFACT_SEGMENTER = "checkpoints/scene_gan_artifact_segmenter.safetensors"
 
 DEMO_CONFIG = "experiments/scenes/demo.yaml"
 DISSECT_CONFIG = "experiments/scenes/dissect.yaml"

@@ -102,6 +102,20 @@ def routes_section(result: dict) -> str:
     return (table(header, rows) + f"<p>Default route <b>{verdict['route']}</b>: {verdict_text(verdict)}</p>")
 
 
+def artifact_map_text(art: dict) -> str:
+    """How the artifact map was made, in one sentence."""
+    where = f" at {art['d_layer']}" if art.get("d_layer") else ""
+    if "segmenter" in art:
+        return (f"{art['method']} of the discriminator's fake logit{where}, the ready artifact segmenter "
+                f"<code>{art['segmenter']}</code> (threshold {art['threshold']:.4g}; how it was made: its manifest "
+                "entry).")
+    held = art.get("held_out")
+    return (f"{art['method']} of the discriminator's fake logit{where} after {art['finetune_steps']} fine-tuning "
+            f"steps, above {art['threshold']:.4g}, calibrated to flag {art['target_flag_rate']:.2%} of real pixels "
+            f"(measured: {art['calibration']['flag_rate']:.3%} on the {art['calibration']['n']} calibration scenes"
+            + (f", {held['flag_rate']:.3%} on {held['n']} held-out scenes" if held else "") + ").")
+
+
 def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
     fd, art, s = result["fd"], result["artifact_segmenter"], result["settings"]
     save_image(run_dir / "fd_chart.png", fd_chart(fd))
@@ -117,7 +131,6 @@ def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
     unit_rows = [[r["unit"], r["iou"], r["effect"], "yes" if r["unit"] in result["chosen_units"] else "",
                   picture(f"dissect/{details[r['unit']]['strip']}", width=560)]
                  for r in result["ranking"][:s["candidates"]]]
-    held = art.get("held_out", {})
     sections = [
         ("Result", f"<p>{len(result['chosen_units'])} of {s['units_in_layer']} units of <code>{s['layer']}</code> "
                    f"ablated. {fd['name']} over {fd['n']} seeded latents against {fd['real']['n']} real scenes "
@@ -129,11 +142,7 @@ def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
         ("Before and after", picture("before_after.png", "rows: original, repaired, random ablation (same latents)")),
         ("Artifact maps", picture("artifacts.png", "rows: original; original with flagged pixels in red; repaired "
                                                    "with flagged pixels in red")
-         + f"<p>Flagged: {art['method']} of the discriminator's fake logit"
-           f"{' at ' + art['d_layer'] if art['d_layer'] else ''} after {art['finetune_steps']} fine-tuning steps, "
-           f"above {art['threshold']:.4g}, calibrated to flag {art['target_flag_rate']:.2%} of real pixels "
-           f"(measured: {art['calibration']['flag_rate']:.3%} on the {art['calibration']['n']} calibration scenes"
-           + (f", {held['flag_rate']:.3%} on {held['n']} held-out scenes" if held else "") + ").</p>"),
+         + f"<p>Flagged: {artifact_map_text(art)}</p>"),
         ("Units", f"<p>Rule: {s['k_rule']}. Top {s['candidates']} units by IoU with <i>artifact</i> "
                   "(effect = drop in the flagged share when that unit alone is ablated); full artifact dissection: "
                   "<a href='dissect/index.html'>dissect/</a>.</p>"

@@ -86,6 +86,15 @@ def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: st
                        run_dir: Path) -> tuple[ArtifactSegmenter, dict]:
     """Build the artifact segmenter into ``run_dir``, or reuse the one an earlier run with the same settings saved
     there. Returns it and a record of how it was made (with the ``key`` that decides the reuse)."""
+    if cfg.artifact.segmenter:  # a ready one (e.g. the shipped one for the shipped GAN): nothing to build
+        given = ArtifactSegmenter.load(cfg.artifact.segmenter)
+        given.save(run_dir / "artifact_segmenter.safetensors")  # the artifact dissection reads it from the run
+        record = {"segmenter": cfg.artifact.segmenter, "segmenter_sha256": sha256_file(cfg.artifact.segmenter),
+                  **given.config(), "threshold": float(given.threshold), "build_s": 0.0}
+        record.pop("discriminator")  # the discriminator's constructor arguments
+        record["key"] = {"segmenter_sha256": record["segmenter_sha256"], "generator": generator_id,
+                         "plant": to_dict(cfg.plant)}
+        return given, record
     path, record_path = run_dir / "artifact_segmenter.safetensors", run_dir / "artifact_segmenter.json"
     key = {"artifact": to_dict(cfg.artifact), "discriminator_sha256": sha256_file(cfg.artifact.discriminator),
            "generator": generator_id, "plant": to_dict(cfg.plant), "batch_size": cfg.batch_size}

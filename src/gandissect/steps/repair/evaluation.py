@@ -5,7 +5,7 @@ ablations of as many units, each measured against real scenes - with intervals, 
 features and, on the first ``rules_n`` latents, the scene segmenter's labels for the world's rules. ``measure``
 then computes per variant: the Frechet distance with a bootstrap interval, KID, precision and recall (k = 3), the
 share of images that break a rule; and for each repaired variant its paired difference from the original (same
-latents, bootstrap) and its rank among the random draws.
+latents: a bootstrap for FD, precision and rules, shared subsets for KID) and its rank among the random draws.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gandissect.core.latents import LatentBatches
 from gandissect.metrics.bootstrap import FrechetToReal, fd_interval, paired_difference_interval
 from gandissect.metrics.feature_bank import FeatureBank, mean_and_covariance
 from gandissect.metrics.fid import frechet_distance
-from gandissect.metrics.kid import kernel_distance
+from gandissect.metrics.kid import kernel_distance, kernel_distance_difference
 from gandissect.metrics.precision_recall import covered, knn_radii
 from gandissect.metrics.real_stats import RealStatistics
 from gandissect.metrics.world_rules import violations
@@ -134,6 +134,10 @@ def measure(features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], 
                        "fd_interval": list(paired_difference_interval(
                            distance, features[name].double().numpy(), features["original"].double().numpy(),
                            resamples, seed, level))}
+        if real.features is not None:
+            difference, interval = kernel_distance_difference(real.features, features[name], features["original"],
+                                                              kid_subsets, kid_subset_size, seed, level)
+            vs_original["kid_difference"], vs_original["kid_interval"] = difference, list(interval)
         if name in inside:
             vs_original["precision_difference"] = mine["precision"] - per_variant["original"]["precision"]
             vs_original["precision_interval"] = list(_share_interval(inside[name], inside["original"], resamples,
@@ -144,6 +148,7 @@ def measure(features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], 
                                                                  level))
         fd_better = vs_original["fd_interval"][1] < 0
         other_better = [metric for metric, better in (
+            ("kid", "kid_interval" in vs_original and vs_original["kid_interval"][1] < 0),
             ("precision", "precision_interval" in vs_original and vs_original["precision_interval"][0] > 0),
             ("rules", "rules_interval" in vs_original and vs_original["rules_interval"][1] < 0)) if better]
         rank = sum(value <= mine["fd"] for value in random_fd)  # random draws at least as good
