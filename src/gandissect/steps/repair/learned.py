@@ -33,6 +33,8 @@ class ArtifactRepairModule(pl.LightningModule):
         self.batch_size, self.steps, self.seed = batch_size, steps, seed
         self.alpha = nn.Parameter(init_alpha.clone().float().clamp(0, 1))
         self.losses: list[float] = []
+        self.alpha_sum = torch.zeros_like(self.alpha.detach())  # over the steps: breaks ties among clamped units
+        self.alpha_steps = 0
 
     def train_dataloader(self) -> DataLoader:
         batches = self.steps * self.trainer.world_size  # the DistributedSampler gives each process other batches
@@ -62,3 +64,10 @@ class ArtifactRepairModule(pl.LightningModule):
         super().optimizer_step(*args, **kwargs)
         with torch.no_grad():  # each process clamps its equal copy
             self.alpha.clamp_(0, 1)
+            self.alpha_sum += self.alpha.detach().cpu()
+            self.alpha_steps += 1
+
+    def alpha_mean(self) -> torch.Tensor:
+        """alpha averaged over the steps: among units clamped at the same alpha, those that got there first rank
+        first."""
+        return self.alpha_sum / max(self.alpha_steps, 1)

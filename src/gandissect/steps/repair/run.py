@@ -90,8 +90,9 @@ def flagged_share(generator: nn.Module, artifact_segmenter: ArtifactSegmenter, v
 
 
 def learn_alpha(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegmenter, by_iou: list[int],
-                run_dir: Path) -> tuple[torch.Tensor, dict]:
-    """The learned repair's alpha (every process gets the same), and a record of the optimization."""
+                run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The learned repair's alpha and its mean over the steps (every process gets the same), and a record of the
+    optimization."""
     ln = cfg.learned
     init = torch.full((plan.width,), ln.init_value)
     init[by_iou[:plan.k]] = 1.0
@@ -102,11 +103,12 @@ def learn_alpha(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifac
     started = time.perf_counter()
     trainer.fit(module)
     alpha = module.alpha.detach().cpu().clamp(0, 1)
-    return alpha, {"objective": ln.objective, "steps": ln.steps, "lam": ln.lam, "lr": ln.lr,
-                   "loss_first": module.losses[0] if module.losses else None,
-                   "loss_last": module.losses[-1] if module.losses else None,
-                   "units_above_half": int((alpha > 0.5).sum()), "alpha_norm": round(float(alpha.norm()), 6),
-                   "fit_s": round(time.perf_counter() - started, 1)}
+    record = {"objective": ln.objective, "steps": ln.steps, "lam": ln.lam, "lr": ln.lr,
+              "loss_first": module.losses[0] if module.losses else None,
+              "loss_last": module.losses[-1] if module.losses else None,
+              "units_above_half": int((alpha > 0.5).sum()), "alpha_norm": round(float(alpha.norm()), 6),
+              "fit_s": round(time.perf_counter() - started, 1)}
+    return alpha, module.alpha_mean(), record
 
 
 def choose(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegmenter, iou: list[float],
@@ -132,8 +134,10 @@ def choose(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegm
             routes[route] = {"units": rankings["unit_fd"][:k], "unit_fd": [round(v, 6) for v in fds]}
         elif route in ("learned", "learned_soft"):
             if "alpha" not in rankings:
-                alpha, record = learn_alpha(cfg, plan, artifact_segmenter, by_iou, run_dir)
-                rankings["alpha"] = sorted(range(width), key=lambda u: (-float(alpha[u]), u))
+                alpha, mean, record = learn_alpha(cfg, plan, artifact_segmenter, by_iou, run_dir)
+                # many units end clamped at 1: among equal alphas, the larger mean over the steps ranks first
+                rankings["alpha"] = sorted(range(width), key=lambda u: (-round(float(alpha[u]), 6),
+                                                                        -round(float(mean[u]), 6), u))
                 learned = {"alpha": [round(float(a), 6) for a in alpha], "optimization": record}
             if route == "learned":
                 routes[route] = {"units": rankings["alpha"][:k], **learned}
