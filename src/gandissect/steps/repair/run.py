@@ -152,11 +152,9 @@ def choose(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegm
 
 
 def random_draws(cfg: RepairConfig, plan: RepairPlan, routes: dict) -> list[list[int]]:
-    """``random_draws`` sets of k units, none of them chosen by any route (when the layer has enough others)."""
-    chosen = {u for entry in routes.values() for u in entry["units"]}
-    others = [u for u in range(plan.width) if u not in chosen]
-    if len(others) < plan.k:
-        others = [u for u in range(plan.width) if u not in routes[cfg.routes[0]]["units"]]
+    """``random_draws`` sets of k units drawn from all the layer's units except the default route's. (Excluding
+    every route's units would bias the control: a soft route can touch half the layer.)"""
+    others = [u for u in range(plan.width) if u not in routes[cfg.routes[0]]["units"]]
     rng = np.random.default_rng(cfg.random_seed)
     return [sorted(rng.choice(others, size=plan.k, replace=False).tolist()) for _ in range(cfg.random_draws)]
 
