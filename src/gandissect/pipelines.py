@@ -25,11 +25,14 @@ from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
 
 
-def _dissection_holds(path: Path, layer: str, generator_id: str) -> bool:
+def _dissection_holds(path: Path, cfg: AceConfig, generator_id: str) -> bool:
+    """Whether the ACE run's own dissection was made for these weights, layer, latents and segmenter file."""
     if not path.is_file():
         return False
-    found = json.loads(path.read_text())
-    return layer in found.get("layers", {}) and found["settings"].get("generator_sha256") == generator_id
+    settings = json.loads(path.read_text()).get("settings", {})
+    return (cfg.layer in settings.get("layers", []) and settings.get("generator_sha256") == generator_id
+            and (settings.get("n"), settings.get("seed")) == (cfg.dissect_n, cfg.dissect_seed)
+            and settings.get("segmenter") == cfg.segmenter)
 
 
 def _given_dissection(cfg: AceConfig) -> Path:
@@ -52,7 +55,7 @@ def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.
         dissection = given  # run_ace refuses it, naming the file, when it dissects other weights
     else:
         dissection = run_dir / "dissect" / "dissect.json"
-        if not _dissection_holds(dissection, cfg.layer, generator_id):
+        if not _dissection_holds(dissection, cfg, generator_id):
             dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
                                  layers=[cfg.layer], n=cfg.dissect_n, seed=cfg.dissect_seed, batch_size=32,
                                  resume=False, devices=cfg.devices, wandb=WandbConfig(mode="disabled"))
@@ -80,11 +83,12 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segme
     dissect_dir = run_dir / "dissect"
     key = {"artifact_segmenter": segmenter_key, "layer": cfg.layer, "n": cfg.dissect_n, "seed": cfg.dissect_seed}
     key_path = dissect_dir / "repair_key.json"
-    if not key_path.is_file() or json.loads(key_path.read_text()) != key:
-        def start_over() -> None:  # a tally of other settings: this run's own cache
+
+    def start_over_if_stale() -> None:  # a tally of other settings: this run's own cache
+        if not key_path.is_file() or json.loads(key_path.read_text()) != key:
             (dissect_dir / "tally.pt").unlink(missing_ok=True)
             write_json(key_path, key)
-        distributed.rank_zero_first(start_over)
+    distributed.rank_zero_first(start_over_if_stale)
     dcfg = DissectConfig(name=f"{cfg.name}-artifact-dissection", generator=cfg.generator,
                          segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[cfg.layer],
                          n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices,

@@ -34,7 +34,8 @@ def kernel_distance_difference(real_features: torch.Tensor, fake_features: torch
                                level: float = 0.95) -> tuple[float, tuple[float, float]]:
     """KID(fake) - KID(baseline) for two generators whose row i comes from the same latent: each subset draws the
     same real and generated rows for both, so their shared noise cancels. Returns the mean difference over the
-    subsets and a normal interval from its standard error over the subsets (approximate: subsets share samples)."""
+    subsets and a normal interval for it. The subsets overlap, so their spread over sqrt(subsets) would understate
+    the noise; the standard error used is that of one subset scaled to all n samples, sd * sqrt(size / n)."""
     n = min(len(fake_features), len(baseline))
     size = min(subset_size, len(real_features), n)
     gen = torch.Generator().manual_seed(seed)
@@ -46,5 +47,5 @@ def kernel_distance_difference(real_features: torch.Tensor, fake_features: torch
         differences.append(float(poly_mmd(r, fake[rows]) - poly_mmd(r, base[rows])))
     d = torch.tensor(differences, dtype=torch.float64)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)))
-    half = z * float(d.std()) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    half = z * float(d.std()) * (size / n) ** 0.5 if len(d) > 1 else float("nan")
     return float(d.mean()), (float(d.mean()) - half, float(d.mean()) + half)

@@ -37,20 +37,31 @@ def cache_name(fd: FrechetDistance, size: int, seed: int, n: int, weights_file: 
     return f"real_stats_{fd.name}_{size}px_seed{seed}_n{n}_{weights}.npz"
 
 
+def _has_features(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "features" in f.files
+    except Exception:  # unreadable: load_statistics names the problem
+        return True
+
+
 @torch.no_grad()
 def real_statistics(fd: FrechetDistance, size: int, seed: int, n: int, batch_size: int, cache_dir: str | Path,
                     weights_file: str | Path | None, given: str | Path | None = None) -> RealStatistics:
     """Statistics and features of ``n`` ``size``-pixel scenes of world ``seed`` through ``fd``'s backbone, cached
     in ``cache_dir``; or the ``given`` .npz (which must hold statistics of the same metric)."""
     path = Path(given) if given else Path(cache_dir) / cache_name(fd, size, seed, n, weights_file)
-    if not path.is_file() and given is None:
+    if given is None and not _has_features(path):  # an older cache holds mu and sigma only: made again
         device = distributed.collective_device()
         bank = FeatureBank().to(device)
         rank, world = distributed.rank(), distributed.world_size()
         batches = scene_batches(seed, n, size, batch_size, (rank, world))
         indices = torch.arange(rank, n, world)
+        backbone_device = next(fd.backbone.parameters()).device
         for start, images in zip(range(0, len(indices), batch_size), batches):
-            bank.update(fd.backbone(images.to(device)), indices[start:start + batch_size])
+            bank.update(fd.backbone(images.to(backbone_device)).to(device), indices[start:start + batch_size])
         features = bank.compute()  # every process's scenes, in order
         mu, sigma = mean_and_covariance(features)
 

@@ -8,7 +8,7 @@ world's exact labels, or a segmenter's finest label of a generated image) breaks
 - ``crown_off_building``: nothing directly below a roof or dome region is building, door, window or an occluding
   tree;
 - ``floating_object``: nothing directly below a tree or building region (nor the image's bottom edge) is ground
-  (grass, road, water);
+  (grass, road, water) or the roof or dome of a nearer building;
 - ``ground_over_sky``: a grass, road or water pixel has sky or cloud directly below it.
 
 A region is a connected component (8-neighbourhood) of the class or classes a rule concerns; a region that breaks

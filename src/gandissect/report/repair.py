@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gandissect.config import WandbConfig
-from gandissect.core.hooks import ablate
+from gandissect.core.hooks import ablate, edited_images
 from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import wandb_run
 from gandissect.data import scenes
@@ -29,15 +29,17 @@ def overlay(images: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
     return torch.where(flagged.bool(), 0.4 * images + 0.6 * ARTIFACT_TINT, images)
 
 
-def write_pictures(generator: nn.Module, artifact_segmenter, layer: str, seed: int, width: int, chosen: list[int],
+def write_pictures(generator: nn.Module, artifact_segmenter, layer: str, seed: int, width: int, scale: torch.Tensor,
                    random_sets: list[list[int]], run_dir: Path) -> None:
-    """before_after.png (original, repaired, random ablation) and artifacts.png (flagged pixels in red)."""
+    """before_after.png (original, repaired, random ablation) and artifacts.png (flagged pixels in red); the
+    repair is the default route's unit ``scale`` (0: ablated, 1: as is, between: a soft repair)."""
     z = seeded_latents(seed, SHOWN, generator.latent_dim)
     with torch.no_grad():
         original = generator(z).clamp(-1, 1)
         rows = [original]
-        if chosen:
-            rows += [ablate(generator, layer, z, units, width) for units in (chosen, random_sets[0])]
+        if bool((scale != 1).any()):
+            rows += [edited_images(generator, layer, z, 1 - scale, 0.0),
+                     ablate(generator, layer, z, random_sets[0], width)]
     save_image(run_dir / "before_after.png", image_grid(scenes.to_uint8(torch.cat(rows)), columns=SHOWN), scale=2)
     marked = [overlay(images, artifact_segmenter.labels(images)) for images in rows[:2]]
     save_image(run_dir / "artifacts.png", image_grid(scenes.to_uint8(torch.cat([original, *marked])),

@@ -79,6 +79,10 @@ class VariantPass(pl.LightningModule):
     def collected(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Features and label maps of every variant, in latent order (a collective: every process calls it)."""
         side = self.generator.resolution
+        for bank in self.label_banks.values():  # a process without ruled latents still takes part in the gather
+            if isinstance(bank.features, list) and not bank.features:
+                bank.update(torch.zeros(0, side * side, device=self.device),
+                            torch.zeros(0, dtype=torch.long, device=self.device))
         features = {name: bank.compute() for name, bank in self.banks.items()}
         labels = {name: bank.compute().long().view(-1, side, side) for name, bank in self.label_banks.items()}
         return features, labels

@@ -35,11 +35,13 @@ def ranked_by(scores: list[float], descending: bool = True) -> list[int]:
 
 
 @torch.no_grad()
-def artifact_fraction(generator: nn.Module, artifact_segmenter: ArtifactSegmenter, layer: str, units: list[int],
-                      width: int, seed: int, n: int, batch_size: int) -> float:
-    """The share of pixels flagged as artifact over latents 0..n-1 of ``seed``, with ``units`` ablated."""
-    with NetHook(generator, [layer]) as hook:
-        hook.edit(layer, unit_alpha(units, width), value=0.0)
+def flagged_share(generator: nn.Module, artifact_segmenter: ArtifactSegmenter, variant: dict[str, torch.Tensor],
+                  seed: int, n: int, batch_size: int) -> float:
+    """The share of pixels flagged as artifact over latents 0..n-1 of ``seed``, with ``variant``'s edits (layer ->
+    unit scales; {} for the original)."""
+    with NetHook(generator, list(variant)) as hook:
+        for layer, scale in variant.items():
+            hook.edit(layer, 1 - scale, value=0.0)
         return artifact_segmenter.flag_rate(generated_batches(generator, seed, n, batch_size))
 
 
@@ -48,8 +50,9 @@ def ablation_effects(generator: nn.Module, artifact_segmenter: ArtifactSegmenter
     """The flagged share of the original, and per candidate how much ablating it alone lowers that share. Each
     process measures its share of the ablations; every process gets all of them."""
     ablations = [()] + [(u,) for u in candidates]
-    measured = distributed.gather_dicts({units: artifact_fraction(
-        generator, artifact_segmenter, layer, list(units), width, seed, n, batch_size) for units in tqdm(
+    measured = distributed.gather_dicts({units: flagged_share(
+        generator, artifact_segmenter, {layer: 1 - unit_alpha(units, width)} if units else {}, seed, n, batch_size)
+        for units in tqdm(
         distributed.my_share(ablations), desc="ablation effect of candidates", unit="ablation", leave=False)})
     return measured[()], {u: measured[()] - measured[(u,)] for u in candidates}
 

@@ -15,7 +15,7 @@ from torch import nn
 from gandissect.config import RepairConfig, to_dict
 from gandissect.core import distributed
 from gandissect.core.hooks import NetHook, fold_unit_scale, layer_shape, unit_alpha
-from gandissect.core.latents import generated_batches, seeded_latents
+from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import machine_description, model_identity
 from gandissect.errors import BadValueError, ConfigError
 from gandissect.io import sha256_file, write_json
@@ -29,8 +29,8 @@ from gandissect.models.segmenter import SceneSegmenter
 from gandissect.report.repair import log_to_wandb, write_pictures, write_repair_report
 from gandissect.steps.repair.evaluation import Variant, VariantPass, VariantProgressBar, measure
 from gandissect.steps.repair.learned import ArtifactRepairModule
-from gandissect.steps.repair.routes import (ablation_effects, choose_by_effect, default_k, planted_recovery,
-                                            ranked_by, unit_fds)
+from gandissect.steps.repair.routes import (ablation_effects, choose_by_effect, default_k, flagged_share,
+                                            planted_recovery, ranked_by, unit_fds)
 
 
 @dataclass
@@ -77,16 +77,6 @@ def fd_backbone(cfg: RepairConfig) -> str:
 def hard(units: list[int], width: int) -> torch.Tensor:
     """Unit scales of a full ablation of ``units``."""
     return 1 - unit_alpha(units, width)
-
-
-@torch.no_grad()
-def flagged_share(generator: nn.Module, artifact_segmenter: ArtifactSegmenter, variant: Variant, seed: int, n: int,
-                  batch_size: int) -> float:
-    """The share of pixels flagged as artifact over latents 0..n-1 of ``seed``, with ``variant``'s edits."""
-    with NetHook(generator, list(variant)) as hook:
-        for layer, scale in variant.items():
-            hook.edit(layer, 1 - scale, value=0.0)
-        return artifact_segmenter.flag_rate(generated_batches(generator, seed, n, batch_size))
 
 
 def learn_alpha(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegmenter, by_iou: list[int],
@@ -155,6 +145,9 @@ def random_draws(cfg: RepairConfig, plan: RepairPlan, routes: dict) -> list[list
     """``random_draws`` sets of k units drawn from all the layer's units except the default route's. (Excluding
     every route's units would bias the control: a soft route can touch half the layer.)"""
     others = [u for u in range(plan.width) if u not in routes[cfg.routes[0]]["units"]]
+    if len(others) < plan.k:
+        raise ConfigError(f"the default route {cfg.routes[0]} chose {plan.width - len(others)} of {plan.width} units, "
+                          f"which leaves fewer than k={plan.k} for the random draws; put another route first")
     rng = np.random.default_rng(cfg.random_seed)
     return [sorted(rng.choice(others, size=plan.k, replace=False).tolist()) for _ in range(cfg.random_draws)]
 
@@ -287,7 +280,8 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
     if plan.planted:
         result["planted"] = planted_recovery(plan.planted, rankings, {r: e_["units"] for r, e_ in routes.items()})
     result["checkpoint"] = save_repaired(generator, cfg.layer, routes[default]["scale"], run_dir, plan.planted)
-    write_pictures(generator, artifact_segmenter, cfg.layer, cfg.fd_seed, width, chosen, random_sets, run_dir)
+    write_pictures(generator, artifact_segmenter, cfg.layer, cfg.fd_seed, width, routes[default]["scale"],
+                   random_sets, run_dir)
     lap("fractions_checkpoint_pictures_s")
     result["timing"] = {**seconds, "machine": machine_description(), "processes": trainer.world_size,
                         "wall_s": round(sum(seconds.values()), 1)}
