@@ -41,7 +41,7 @@ class FeatureBank(Metric):
         return features[first].cpu()
 
 
-def mean_and_covariance(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance of (N, D) features, in float64 (pytorch-fid's statistics)."""
     x = np.asarray(features, np.float64)
     return x.mean(axis=0), np.cov(x, rowvar=False)

@@ -19,7 +19,7 @@ from gandissect.core import distributed
 from gandissect.data.images import scene_batches
 from gandissect.errors import CheckpointError, ConfigError
 from gandissect.io import atomic_path, sha256_file
-from gandissect.metrics.feature_bank import FeatureBank, mean_and_covariance
+from gandissect.metrics.feature_bank import FeatureBank, feature_statistics
 from gandissect.metrics.fid import FrechetDistance, load_statistics
 
 
@@ -63,7 +63,7 @@ def real_statistics(fd: FrechetDistance, size: int, seed: int, n: int, batch_siz
         for start, images in zip(range(0, len(indices), batch_size), batches):
             bank.update(fd.backbone(images.to(backbone_device)).to(device), indices[start:start + batch_size])
         features = bank.compute()  # every process's scenes, in order
-        mu, sigma = mean_and_covariance(features)
+        mu, sigma = feature_statistics(features)
 
         def save() -> None:
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from gandissect.core.hooks import NetHook
 from gandissect.core.latents import LatentBatches
 from gandissect.metrics.bootstrap import FrechetToReal, fd_interval, paired_difference_interval
-from gandissect.metrics.feature_bank import FeatureBank, mean_and_covariance
+from gandissect.metrics.feature_bank import FeatureBank, feature_statistics
 from gandissect.metrics.fid import frechet_distance
 from gandissect.metrics.kid import kernel_distance, kernel_distance_difference
 from gandissect.metrics.precision_recall import covered, knn_radii
@@ -114,7 +114,7 @@ def measure(features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], 
     per_variant, inside, broken = {}, {}, {}
     for name, feats in features.items():
         x = feats.double().numpy()
-        mu, sigma = mean_and_covariance(x)
+        mu, sigma = feature_statistics(x)
         low, high = fd_interval(distance, x, resamples, seed, level)
         row = {"fd": frechet_distance(mu, sigma, real.mu, real.sigma), "fd_interval": [low, high], "n": len(x)}
         if real.features is not None:
