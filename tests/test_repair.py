@@ -122,14 +122,19 @@ TINY = ["dissect_n=128", "effect_n=32", "fd_n=160", "real_n=160", "batch_size=32
 
 def test_planted_artifact_units_are_recovered(isolated_runs):
     done = _repair("planted", "plant.units=[5,40,77]", "k=3", "candidates=8", "wandb.mode=disabled", *TINY,
-                   "routes=[iou_effect,iou,unit_fd,learned,learned_soft]", "unit_fd.n=256", "unit_fd.top=64",
-                   "learned.steps=8", "learned.batch_size=8")
+                   "routes=[iou_effect,iou,unit_fd,learned,learned_soft,multilayer]", "unit_fd.n=256",
+                   "unit_fd.top=64", "learned.steps=8", "learned.batch_size=8", "multilayer.layers=[layer6]")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((isolated_runs / "planted" / "repair.json").read_text())
     recovery = result["planted"]["chosen"]
     assert recovery["iou_effect"]["recall"] >= 2 / 3, recovery  # the other routes are measured, not bound
     assert [row["route"] for row in result["routes_table"]] == ["iou_effect", "iou", "unit_fd", "learned",
-                                                                "learned_soft"]
+                                                                "learned_soft", "multilayer"]
+    multilayer = result["routes"]["multilayer"]
+    assert multilayer["units"] == result["routes"]["iou"]["units"]
+    assert len(multilayer["later_layers"]["layer6"]["units"]) == 3 == round(0.04 * 64)  # k of layer6's 64 units
+    assert (isolated_runs / "planted" / "dissect-layer6" / "dissect.json").is_file()
+    assert result["artifact_segmenter"]["method"] == "occlusion" and "signal" in result["artifact_segmenter"]
     alpha = result["routes"]["learned"]["alpha"]
     assert len(alpha) == 128 and all(0 <= a <= 1 for a in alpha)
     assert result["routes"]["learned_soft"]["soft"] and len(result["routes"]["unit_fd"]["unit_fd"]) == 128

@@ -266,27 +266,42 @@ class AceConfig:
                               f"{self.init_units}")
 
 
+ARTIFACT_MAPS = ("occlusion", "gradcam", "saliency", "grad_x_input", "integrated_gradients")
+REPAIR_ROUTES = ("iou", "iou_effect", "unit_fd", "learned", "learned_soft", "multilayer")
+
+
 @dataclass
 class ArtifactConfig:
     """How the artifact segmenter is built from the GAN's discriminator (see gandissect.steps.artifacts)."""
 
     segmenter: str | None = None   # a ready artifact segmenter (.safetensors) to use instead of building one
     discriminator: str = defaults.SCENE_GAN_DISCRIMINATOR
-    method: str = "gradcam"        # gradcam (of D's fake logit at d_layer) | saliency (input gradient)
+    method: str = "occlusion"      # the fakeness map: occlusion | gradcam | saliency | grad_x_input |
+                                   # integrated_gradients (models.artifact_segmenter; compared in bench/artifact_maps.py)
     d_layer: str = "layer3"        # the discriminator layer Grad-CAM reads (layer3: 32x32 for a 64px D)
+    cell: int = 16                 # occlusion: the blurred window's side in pixels
+    stride: int = 16               # occlusion: pixels between windows (< cell: overlapping windows, averaged)
+    ig_steps: int = 16             # integrated_gradients: points on the path from the blurred image
     flag_rate: float = 0.01        # the share of real-image pixels the calibrated threshold flags
     calibration_n: int = 1000      # real scenes the threshold is calibrated on
     calibration_seed: int = 101
     check_n: int = 500             # held-out real scenes on which the flag rate is measured again
     check_seed: int = 102
+    require_signal: bool = True    # refuse to choose units by a map that flags generated pixels no more than real
     finetune_steps: int = 200      # steps of D against the generator being repaired first (0: D as shipped)
     finetune_batch_size: int = 32
     finetune_lr: float = 0.002
     finetune_seed: int = 103
 
     def __post_init__(self):
-        if self.method not in ("gradcam", "saliency"):
-            raise ConfigError(f"artifact.method must be gradcam or saliency, got {self.method!r}")
+        if self.method not in ARTIFACT_MAPS:
+            raise ConfigError(f"artifact.method must be one of {', '.join(ARTIFACT_MAPS)}, got {self.method!r}")
+        if not 0 < self.stride <= self.cell or self.ig_steps < 1:
+            raise ConfigError(f"artifact: expected 0 < stride <= cell and ig_steps >= 1, got cell={self.cell}, "
+                              f"stride={self.stride}, ig_steps={self.ig_steps}")
+        if self.require_signal and self.check_n < 2:
+            raise ConfigError(f"artifact.check_n={self.check_n}: require_signal compares the flagged shares of "
+                              "check_n real and generated images; use check_n >= 2 or require_signal: false")
         if not 0 < self.flag_rate < 1:
             raise ConfigError(f"artifact.flag_rate must be between 0 and 1, got {self.flag_rate}")
         if self.calibration_n < 1 or self.check_n < 0 or self.finetune_steps < 0:
@@ -300,6 +315,20 @@ class PlantConfig:
     units: list[int] = field(default_factory=list)   # empty: repair the generator as it is
     quantile: float = 0.97         # a planted unit paints where its upsampled map exceeds this quantile
     calibration_n: int = 512
+
+
+@dataclass
+class MultiLayerConfig:
+    """Route ``multilayer``: the k units of ``layer`` by artifact IoU are ablated, then each of ``layers`` in turn
+    is dissected again for the artifact class on the generator as repaired so far, and its top units ablated."""
+
+    layers: list[str] = field(default_factory=lambda: ["layer6"])
+    k: int | None = None           # units per later layer; null: round(4% of its units)
+
+    def __post_init__(self):
+        if not self.layers or (self.k is not None and self.k < 1):
+            raise ConfigError(f"multilayer: expected at least one layer and k >= 1 or null; got layers="
+                              f"{list(self.layers)}, k={self.k}")
 
 
 @dataclass
@@ -356,7 +385,6 @@ class EvaluationConfig:
                               f"{self.rules_n}")
 
 
-REPAIR_ROUTES = ("iou", "iou_effect", "unit_fd", "learned", "learned_soft")
 
 
 @dataclass
@@ -385,6 +413,7 @@ class RepairConfig:
     artifact: ArtifactConfig = field(default_factory=ArtifactConfig)
     plant: PlantConfig = field(default_factory=PlantConfig)
     unit_fd: UnitFDConfig = field(default_factory=UnitFDConfig)
+    multilayer: MultiLayerConfig = field(default_factory=MultiLayerConfig)
     learned: LearnedRepairConfig = field(default_factory=LearnedRepairConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from gandissect.config import AceConfig, DissectConfig, RepairConfig, WandbConfig
 from gandissect.core import distributed
-from gandissect.core.runs import model_identity, runs_root, start_run
+from gandissect.core.runs import model_identity, module_digest, runs_root, start_run
 from gandissect.io import write_json
 from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
@@ -72,16 +72,26 @@ def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generato
     start_run(cfg.name, cfg, root=run_dir)
     seconds, clock = {}, time.perf_counter()
     segmenter, record = artifacts.artifact_segmenter(cfg, plan.generator, plan.generator_id, run_dir)
+    repair.check_signal(cfg, record)
     seconds["artifact_segmenter_s"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
-    layer = _dissect_artifacts(cfg, plan.generator, segmenter, record["key"], run_dir)
+    layer = _dissect_artifacts(cfg, plan.generator, segmenter, record["key"], run_dir, cfg.layer)
     seconds["artifact_dissection_s"] = round(time.perf_counter() - clock, 1)
-    return repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds)
+
+    def dissect_later_layer(repaired_so_far: nn.Module, later: str) -> list[float]:  # route multilayer
+        edits = {"edited_generator": module_digest(repaired_so_far)}
+        return _dissect_artifacts(cfg, repaired_so_far, segmenter, record["key"], run_dir, later,
+                                  edits)["iou_by_class"]["artifact"]
+    return repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds, dissect_later_layer)
 
 
-def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segmenter_key: dict, run_dir: Path) -> dict:
-    """The artifact class's dissection at ``cfg.layer`` (its dissect.json entry for the layer)."""
-    dissect_dir = run_dir / "dissect"
-    key = {"artifact_segmenter": segmenter_key, "layer": cfg.layer, "n": cfg.dissect_n, "seed": cfg.dissect_seed}
+def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segmenter_key: dict, run_dir: Path,
+                       layer: str, edits: dict | None = None) -> dict:
+    """The artifact class's dissection at ``layer`` (its dissect.json entry), in ``run_dir/dissect`` (the
+    repaired layer) or ``run_dir/dissect-<layer>`` (a later layer of route multilayer, of the generator as
+    repaired so far: ``edits`` identifies it)."""
+    dissect_dir = run_dir / ("dissect" if layer == cfg.layer else f"dissect-{layer}")
+    key = {"artifact_segmenter": segmenter_key, "layer": layer, "n": cfg.dissect_n, "seed": cfg.dissect_seed,
+           **(edits or {})}
     key_path = dissect_dir / "repair_key.json"
 
     def start_over_if_stale() -> None:  # a tally of other settings: this run's own cache
@@ -90,10 +100,10 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segme
             write_json(key_path, key)
     distributed.rank_zero_first(start_over_if_stale)
     dcfg = DissectConfig(name=f"{cfg.name}-artifact-dissection", generator=cfg.generator,
-                         segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[cfg.layer],
+                         segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[layer],
                          n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices,
                          wandb=WandbConfig(mode="disabled"))  # one W&B run per repair: the repair's own
     result = run_dissection(dcfg, run_dir=dissect_dir, generator=generator, segmenter=segmenter)
     if not result:  # a process other than rank 0: read what rank 0 wrote (run_dissection ends with a barrier)
         result = json.loads((dissect_dir / "dissect.json").read_text())
-    return result["layers"][cfg.layer]
+    return result["layers"][layer]

@@ -234,6 +234,22 @@ def fold_unit_scale(generator: nn.Module, layer: str, scale: torch.Tensor) -> nn
     return folded
 
 
+def fold_unit_scales(generator: nn.Module, scales: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``generator`` with each layer's unit scales folded in (``fold_unit_scale``, layer by layer)."""
+    for layer, scale in scales.items():
+        generator = fold_unit_scale(generator, layer, scale)
+    return generator
+
+
+def scaled_units(generator: nn.Module, scales: dict[str, torch.Tensor]) -> NetHook:
+    """A NetHook (use it as a context manager) that multiplies each named layer's units by ``scales[layer]``
+    (0: ablated, 1: as is) - the hooked twin of ``fold_unit_scales``."""
+    hook = NetHook(generator, list(scales))
+    for layer, scale in scales.items():
+        hook.edit(layer, 1 - scale, value=0.0)
+    return hook
+
+
 def fold_ablation(generator: nn.Module, layer: str, units: list[int]) -> nn.Module:
     """A copy of ``generator`` whose ``layer`` outputs exactly 0 at ``units`` (their weights and bias zeroed),
     which equals ablating them everywhere (LeakyReLU(0) = 0)."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gandissect.config import WandbConfig
-from gandissect.core.hooks import ablate, edited_images
+from gandissect.core.hooks import scaled_units
 from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import wandb_run
 from gandissect.data import scenes
@@ -29,17 +29,18 @@ def overlay(images: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
     return torch.where(flagged.bool(), 0.4 * images + 0.6 * ARTIFACT_TINT, images)
 
 
-def write_pictures(generator: nn.Module, artifact_segmenter, layer: str, seed: int, width: int, scale: torch.Tensor,
-                   random_sets: list[list[int]], run_dir: Path) -> None:
+def write_pictures(generator: nn.Module, artifact_segmenter, seed: int, scales: dict[str, torch.Tensor],
+                   random_scales: dict[str, torch.Tensor], run_dir: Path) -> None:
     """before_after.png (original, repaired, random ablation) and artifacts.png (flagged pixels in red); the
-    repair is the default route's unit ``scale`` (0: ablated, 1: as is, between: a soft repair)."""
+    repair is the default route's unit ``scales`` per layer (0: ablated, 1: as is, between: a soft repair)."""
     z = seeded_latents(seed, SHOWN, generator.latent_dim)
     with torch.no_grad():
         original = generator(z).clamp(-1, 1)
         rows = [original]
-        if bool((scale != 1).any()):
-            rows += [edited_images(generator, layer, z, 1 - scale, 0.0),
-                     ablate(generator, layer, z, random_sets[0], width)]
+        if any(bool((scale != 1).any()) for scale in scales.values()):
+            for edit in (scales, random_scales):
+                with scaled_units(generator, edit) as hook:
+                    rows.append(hook(z).clamp(-1, 1))
     save_image(run_dir / "before_after.png", image_grid(scenes.to_uint8(torch.cat(rows)), columns=SHOWN), scale=2)
     marked = [overlay(images, artifact_segmenter.labels(images)) for images in rows[:2]]
     save_image(run_dir / "artifacts.png", image_grid(scenes.to_uint8(torch.cat([original, *marked])),
@@ -90,7 +91,8 @@ def routes_section(result: dict) -> str:
              result["artifact_fraction"]["original"], ""]]
     for row in result["routes_table"]:
         vs, draws = row["vs_original"], evaluation["repairs"]["route:" + row["route"]]["random_draws"]
-        rows.append([row["route"] + (" (soft)" if row["soft"] else ""), row["units"][:8], row["fd"],
+        units = str(row["units"][:8]) + "".join(f"; {layer}: {later}" for layer, later in row["later_layers"].items())
+        rows.append([row["route"] + (" (soft)" if row["soft"] else ""), units, row["fd"],
                      _interval(row["fd_interval"]), _interval(vs["fd_interval"]), row["kid"], row["precision"],
                      row["recall"], row["rules_broken"], row["flagged_share"],
                      f"{row['random_draws_at_least_as_good']} of {draws}"])
@@ -105,17 +107,29 @@ def routes_section(result: dict) -> str:
 
 
 def artifact_map_text(art: dict) -> str:
-    """How the artifact map was made, in one sentence."""
-    where = f" at {art['d_layer']}" if art.get("d_layer") else ""
+    """How the artifact map was made and whether it tells generated from real pixels, in two sentences."""
+    method = art["method"]
+    what = {"occlusion": f"occlusion: the discriminator's realness gain when a {art.get('cell')}px window (every "
+                         f"{art.get('stride')}px) is blurred",
+            "gradcam": f"Grad-CAM of the discriminator's fake logit at {art.get('d_layer')}"}.get(
+        method, f"{method.replace('_', ' ')} of the discriminator's fake logit")
     if "segmenter" in art:
-        return (f"{art['method']} of the discriminator's fake logit{where}, the ready artifact segmenter "
-                f"<code>{art['segmenter']}</code> (threshold {art['threshold']:.4g}; how it was made: its manifest "
-                "entry).")
-    held = art.get("held_out")
-    return (f"{art['method']} of the discriminator's fake logit{where} after {art['finetune_steps']} fine-tuning "
-            f"steps, above {art['threshold']:.4g}, calibrated to flag {art['target_flag_rate']:.2%} of real pixels "
-            f"(measured: {art['calibration']['flag_rate']:.3%} on the {art['calibration']['n']} calibration scenes"
-            + (f", {held['flag_rate']:.3%} on {held['n']} held-out scenes" if held else "") + ").")
+        text = (f"{what}, the ready artifact segmenter <code>{art['segmenter']}</code> (threshold "
+                f"{art['threshold']:.4g}; how it was made: its manifest entry).")
+    else:
+        held = art.get("held_out")
+        text = (f"{what}, after {art['finetune_steps']} fine-tuning steps of the discriminator; above "
+                f"{art['threshold']:.4g}, calibrated to flag {art['target_flag_rate']:.2%} of real pixels (measured: "
+                f"{art['calibration']['flag_rate']:.3%} on the {art['calibration']['n']} calibration scenes"
+                + (f", {held['flag_rate']:.3%} on {held['n']} held-out scenes" if held else "") + ").")
+    signal = art.get("signal")
+    if signal:
+        ratio = f"{signal['ratio']:.2f}x" if signal["ratio"] is not None else "n/a"
+        text += (f" It flags {signal['generated_share']:.3%} +- {signal['generated_se']:.3%} of generated pixels "
+                 f"and {signal['real_share']:.3%} +- {signal['real_se']:.3%} of held-out real ones ({signal['n']} "
+                 f"images each; ratio {ratio}): " + ("a signal." if signal["has_signal"] else
+                                                     "<b>no signal</b> beyond the sampling noise."))
+    return text
 
 
 def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:

@@ -1,7 +1,8 @@
 """Build the artifact segmenter of a repair (GAN Dissection, step 5): the GAN's discriminator D, fine-tuned for a
-few hundred steps against the generator being repaired, gives a per-pixel fakeness map (Grad-CAM of its fake
-logit at an intermediate layer, or the input-gradient saliency); a threshold calibrated on real scenes flags
-``flag_rate`` (1%) of their pixels. What it flags on generated images is the class ``artifact``.
+few hundred steps against the generator being repaired, gives a per-pixel fakeness map (by default occlusion: how
+much D's realness rises when a window of the image is blurred; the other maps: ``models.artifact_segmenter``); a
+threshold calibrated on real scenes flags ``flag_rate`` (1%) of their pixels. What it flags on generated images is
+the class ``artifact``. Whether it flags generated images more than real ones at all is measured (``signal``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from torch import nn
 from tqdm import tqdm
 
 from gandissect.config import RepairConfig, to_dict
-from gandissect.core.latents import seeded_latents
+from gandissect.core.latents import generated_batches, seeded_latents
 from gandissect.core.reproducible import fixed_threads
 from gandissect.data import scenes
 from gandissect.data.images import scene_batches
 from gandissect.io import sha256_file, write_json
-from gandissect.models.artifact_segmenter import ArtifactSegmenter
+from gandissect.models.artifact_segmenter import ArtifactSegmenter, flag_signal
 from gandissect.models.losses import discriminator_loss
 from gandissect.models.progan import ProGANDiscriminator, load_discriminator
 
@@ -63,23 +64,31 @@ def _build(cfg: RepairConfig, generator: nn.Module) -> tuple[ArtifactSegmenter, 
     if a.finetune_steps:
         D = finetune_discriminator(D, generator, a.finetune_steps, a.finetune_batch_size, a.finetune_lr,
                                    a.finetune_seed)
-    segmenter = ArtifactSegmenter(D, a.method, a.d_layer)
+    segmenter = ArtifactSegmenter(D, a.method, a.d_layer, a.cell, a.stride, a.ig_steps)
     size = generator.resolution
     batches = math.ceil(a.calibration_n / cfg.batch_size)
     threshold = segmenter.calibrate(scene_batches(a.calibration_seed, a.calibration_n, size, cfg.batch_size),
                                     a.flag_rate, total=batches)
     record = {"discriminator": a.discriminator, "discriminator_sha256": sha256_file(a.discriminator),
-              "method": a.method, "d_layer": a.d_layer if a.method == "gradcam" else None,
+              **segmenter.settings(),
               "finetune_steps": a.finetune_steps, "threshold": threshold, "target_flag_rate": a.flag_rate,
               "calibration": {"n": a.calibration_n, "seed": a.calibration_seed,
                               "flag_rate": segmenter.flag_rate(scene_batches(a.calibration_seed, a.calibration_n,
                                                                              size, cfg.batch_size))}}
     if a.check_n:
-        record["held_out"] = {"n": a.check_n, "seed": a.check_seed,
-                              "flag_rate": segmenter.flag_rate(scene_batches(a.check_seed, a.check_n, size,
-                                                                             cfg.batch_size))}
+        record["signal"] = measure_signal(cfg, generator, segmenter)
+        record["held_out"] = {"n": a.check_n, "seed": a.check_seed, "flag_rate": record["signal"]["real_share"]}
     record["build_s"] = round(time.perf_counter() - start, 1)
     return segmenter, record
+
+
+def measure_signal(cfg: RepairConfig, generator: nn.Module, segmenter: ArtifactSegmenter) -> dict:
+    """The flagged shares of ``check_n`` held-out real scenes and as many generated images (latents of
+    ``check_seed``), compared: does the map tell this generator's images from real ones at all?"""
+    a, size = cfg.artifact, generator.resolution
+    real = segmenter.flagged_shares(scene_batches(a.check_seed, a.check_n, size, cfg.batch_size))
+    generated = segmenter.flagged_shares(generated_batches(generator, a.check_seed, a.check_n, cfg.batch_size))
+    return {"n": a.check_n, "seed": a.check_seed, **flag_signal(real, generated)}
 
 
 def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: str,
@@ -90,8 +99,9 @@ def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: st
         given = ArtifactSegmenter.load(cfg.artifact.segmenter)
         given.save(run_dir / "artifact_segmenter.safetensors")  # the artifact dissection reads it from the run
         record = {"segmenter": cfg.artifact.segmenter, "segmenter_sha256": sha256_file(cfg.artifact.segmenter),
-                  **given.config(), "threshold": float(given.threshold), "build_s": 0.0}
-        record.pop("discriminator")  # the discriminator's constructor arguments
+                  **given.settings(), "threshold": float(given.threshold), "build_s": 0.0}
+        if cfg.artifact.check_n:
+            record["signal"] = measure_signal(cfg, generator, given)
         record["key"] = {"segmenter_sha256": record["segmenter_sha256"], "generator": generator_id,
                          "plant": to_dict(cfg.plant)}
         return given, record

@@ -8,6 +8,8 @@ soft strengths) to switch off.
   (its top images by maximum activation) to the real scenes; the k worst.
 - ``learned``, ``learned_soft``: the learned repair (``learned.ArtifactRepairModule``): its top k units by alpha
   ablated fully, or alpha applied as it is (r' = (1 - alpha) r).
+- ``multilayer``: ``iou``'s units, then later layers one by one, each dissected again on the generator as repaired
+  so far (``run.look_again``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,10 @@ from torch import nn
 from tqdm import tqdm
 
 from gandissect.core import distributed
-from gandissect.core.hooks import NetHook, unit_alpha
+from gandissect.core.hooks import NetHook, scaled_units, unit_alpha
 from gandissect.core.latents import generated_batches, latent_batches
 from gandissect.metrics.bootstrap import FrechetToReal
 from gandissect.models.artifact_segmenter import ArtifactSegmenter
-
-ROUTES = ("iou", "iou_effect", "unit_fd", "learned", "learned_soft")
-
 
 def default_k(width: int) -> int:
     return max(1, round(0.04 * width))  # the paper ablated 20 of 512 units (3.9%)
@@ -39,9 +38,7 @@ def flagged_share(generator: nn.Module, artifact_segmenter: ArtifactSegmenter, v
                   seed: int, n: int, batch_size: int) -> float:
     """The share of pixels flagged as artifact over latents 0..n-1 of ``seed``, with ``variant``'s edits (layer ->
     unit scales; {} for the original)."""
-    with NetHook(generator, list(variant)) as hook:
-        for layer, scale in variant.items():
-            hook.edit(layer, 1 - scale, value=0.0)
+    with scaled_units(generator, variant):
         return artifact_segmenter.flag_rate(generated_batches(generator, seed, n, batch_size))
 
 

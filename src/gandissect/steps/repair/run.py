@@ -5,6 +5,7 @@ report. The artifact segmenter and its dissection come from ``gandissect.pipelin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from gandissect.config import RepairConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import NetHook, fold_unit_scale, layer_shape, unit_alpha
+from gandissect.core.hooks import fold_unit_scales, layer_shape, scaled_units, unit_alpha
 from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import machine_description, model_identity
 from gandissect.errors import BadValueError, ConfigError
@@ -56,6 +57,11 @@ def plan_repair(cfg: RepairConfig, generator: nn.Module | None = None) -> Repair
     if 2 * k > width:
         raise ConfigError(f"k={k} of {cfg.layer}'s {width} units: the random draws need k units outside the chosen "
                           f"ones; use k <= {width // 2}")
+    if "multilayer" in cfg.routes:
+        for later in cfg.multilayer.layers:
+            layer_shape(base, later)
+        if cfg.layer in cfg.multilayer.layers:
+            raise ConfigError(f"multilayer.layers={list(cfg.multilayer.layers)} repeats the repaired layer {cfg.layer}")
     if cfg.candidates is not None and cfg.candidates < k:
         raise ConfigError(f"candidates={cfg.candidates} < k={k}: k units are chosen among the candidates")
     planted = cfg.plant.units
@@ -66,6 +72,24 @@ def plan_repair(cfg: RepairConfig, generator: nn.Module | None = None) -> Repair
     fd = build_fd(backbone, weights=cfg.inception_weights if backbone == "inception" else None,
                   segmenter_path=cfg.segmenter)
     return RepairPlan(base, generator_id, width, k, min(width, cfg.candidates or 4 * k), planted, fd, backbone)
+
+
+def check_signal(cfg: RepairConfig, artifact_record: dict) -> None:
+    """Refuse to choose units by an artifact map that flags generated images no more than real ones: its units
+    would be chosen by noise."""
+    signal = artifact_record.get("signal")
+    if not cfg.artifact.require_signal or signal is None or signal["has_signal"]:
+        return
+    by_map = [route for route in cfg.routes if route in ("iou", "iou_effect") or
+              (route.startswith("learned") and cfg.learned.objective == "artifact")]
+    if by_map:
+        raise BadValueError(
+            f"the artifact map ({artifact_record['method']}) has no signal on this generator: it flags "
+            f"{signal['generated_share']:.3%} +- {signal['generated_se']:.3%} of generated pixels and "
+            f"{signal['real_share']:.3%} +- {signal['real_se']:.3%} of real ones ({signal['n']} images each), so "
+            f"routes {', '.join(by_map)} would choose units by noise; use another artifact.method (occlusion), "
+            "routes that do not read the map (unit_fd, learned with learned.objective=discriminator), or "
+            "artifact.require_signal=false to choose anyway")
 
 
 def fd_backbone(cfg: RepairConfig) -> str:
@@ -101,9 +125,27 @@ def learn_alpha(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifac
     return alpha, module.alpha_mean(), record
 
 
+# (generator as repaired so far, layer) -> the IoU of each of the layer's units with the artifact class
+DissectLayer = Callable[[nn.Module, str], list[float]]
+
+
+def look_again(cfg: RepairConfig, plan: RepairPlan, first_units: list[int], dissect_layer: DissectLayer) -> dict:
+    """Route ``multilayer``: ablate ``first_units`` of the layer, then per later layer dissect the generator as
+    repaired so far and ablate its top units by artifact IoU. The unit scales of every layer, and the evidence."""
+    scales = {cfg.layer: hard(first_units, plan.width)}
+    later = {}
+    for layer in cfg.multilayer.layers:
+        iou = dissect_layer(fold_unit_scales(plan.generator, scales), layer)
+        k = cfg.multilayer.k or default_k(len(iou))
+        later[layer] = {"units": ranked_by(iou)[:k], "iou": [round(v, 6) for v in iou]}
+        scales[layer] = hard(later[layer]["units"], len(iou))
+    return {"units": first_units, "later_layers": later, "scales": scales}
+
+
 def choose(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegmenter, iou: list[float],
-           distance: FrechetToReal, run_dir: Path) -> tuple[dict, dict]:
-    """Per route: ``{"units", "scale" (the layer's unit scales), ...evidence}``; and the rankings behind them."""
+           distance: FrechetToReal, run_dir: Path, dissect_layer: DissectLayer | None) -> tuple[dict, dict]:
+    """Per route: ``{"units", "scales" (per layer, its unit scales), ...evidence}``; and the rankings behind
+    them."""
     width, k, generator = plan.width, plan.k, plan.generator
     by_iou = ranked_by(iou)
     routes, rankings = {}, {"iou": by_iou}
@@ -133,11 +175,16 @@ def choose(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegm
                 routes[route] = {"units": rankings["alpha"][:k], **learned}
             else:
                 routes[route] = {"units": [u for u in rankings["alpha"] if float(alpha[u]) > 0.5], "soft": True,
-                                 "scale": 1 - alpha, **learned}
+                                 "scales": {cfg.layer: 1 - alpha}, **learned}
+        elif route == "multilayer":
+            if dissect_layer is None:
+                raise ConfigError("route multilayer needs a way to dissect further layers (run it through "
+                                  "gandissect repair)")
+            routes[route] = look_again(cfg, plan, by_iou[:k], dissect_layer)
         else:
             raise ConfigError(f"unknown repair route {route!r}")
     for entry in routes.values():
-        entry.setdefault("scale", hard(entry["units"], width))
+        entry.setdefault("scales", {cfg.layer: hard(entry["units"], width)})
     return routes, rankings
 
 
@@ -152,20 +199,19 @@ def random_draws(cfg: RepairConfig, plan: RepairPlan, routes: dict) -> list[list
     return [sorted(rng.choice(others, size=plan.k, replace=False).tolist()) for _ in range(cfg.random_draws)]
 
 
-def save_repaired(generator: nn.Module, layer: str, scale: torch.Tensor, run_dir: Path, planted: list[int]) -> dict:
+def save_repaired(generator: nn.Module, scales: dict[str, torch.Tensor], run_dir: Path, planted: list[int]) -> dict:
     """Fold the edit into the weights, check the folded model against the hooked edit, and save it."""
-    if bool((scale == 1).all()):
+    if all(bool((scale == 1).all()) for scale in scales.values()):
         return {"path": None, "note": "the default route chose no unit; nothing was repaired"}
-    folded = fold_unit_scale(generator, layer, scale)
+    folded = fold_unit_scales(generator, scales)
     z = seeded_latents(0, 8, generator.latent_dim)
-    with torch.no_grad(), NetHook(generator, [layer]) as hook:
-        hook.edit(layer, 1 - scale, value=0.0)
+    with torch.no_grad(), scaled_units(generator, scales) as hook:
         hooked = hook(z)
         difference = float((folded(z) - hooked).abs().max())
-    exact = bool(((scale == 0) | (scale == 1)).all())
+    exact = all(bool(((scale == 0) | (scale == 1)).all()) for scale in scales.values())
     if (exact and difference != 0) or difference > 1e-4:
-        raise BadValueError(f"the folded generator differs from the hooked edit of {layer} by {difference:.3g}; "
-                            "not saved")
+        raise BadValueError(f"the folded generator differs from the hooked edit of {', '.join(scales)} by "
+                            f"{difference:.3g}; not saved")
     check = ("bit-identical to the hooked ablation on 8 latents" if exact else
              f"within {difference:.2g} of the hooked soft ablation on 8 latents (float rounding)")
     if planted:  # the planted blotches are not part of the ProGAN architecture: no ordinary checkpoint
@@ -182,6 +228,7 @@ def routes_table(routes: dict, evaluation: dict, fractions: dict) -> list[dict]:
         name = f"route:{route}"
         variant, repair = evaluation["variants"][name], evaluation["repairs"][name]
         rows.append({"route": route, "units": entry["units"], "soft": bool(entry.get("soft")),
+                     "later_layers": {layer: later["units"] for layer, later in entry.get("later_layers", {}).items()},
                      **{key: variant.get(key) for key in ("fd", "fd_interval", "kid", "kid_std", "precision",
                                                           "recall")},
                      "rules_broken": variant.get("rules", {}).get("images_broken"),
@@ -193,10 +240,11 @@ def routes_table(routes: dict, evaluation: dict, fractions: dict) -> list[dict]:
 
 
 def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: ArtifactSegmenter, artifact_record: dict,
-               artifact_layer: dict, run_dir: Path, seconds: dict) -> dict:
+               artifact_layer: dict, run_dir: Path, seconds: dict, dissect_layer: DissectLayer | None = None) -> dict:
     """Choose the units by every route from the artifact dissection of the layer (``artifact_layer``: its entry of
-    dissect.json), evaluate, save, report. ``seconds`` holds the wall time of the phases so far and gets the rest.
-    Every process calls it; rank 0 returns the result, the others {}."""
+    dissect.json; ``dissect_layer`` dissects further layers for route multilayer), evaluate, save, report.
+    ``seconds`` holds the wall time of the phases so far and gets the rest. Every process calls it; rank 0 returns
+    the result, the others {}."""
     clock = time.perf_counter()
 
     def lap(phase: str) -> None:
@@ -213,10 +261,11 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
                            backbone_file, cfg.real_stats)
     lap("real_statistics_s")
     iou = artifact_layer["iou_by_class"]["artifact"]
-    routes, rankings = choose(cfg, plan, artifact_segmenter, iou, FrechetToReal(real.mu, real.sigma), run_dir)
+    routes, rankings = choose(cfg, plan, artifact_segmenter, iou, FrechetToReal(real.mu, real.sigma), run_dir,
+                              dissect_layer)
     random_sets = random_draws(cfg, plan, routes)
     variants: dict[str, Variant] = {"original": {}}
-    variants.update({f"route:{route}": {cfg.layer: entry["scale"]} for route, entry in routes.items()})
+    variants.update({f"route:{route}": entry["scales"] for route, entry in routes.items()})
     variants.update({f"random{i}": {cfg.layer: hard(units, width)} for i, units in enumerate(random_sets)})
     lap("unit_choice_s")
 
@@ -256,7 +305,7 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
         "ranking": [{"unit": u, "iou": round(iou[u], 6),
                      "effect": routes.get("iou_effect", {}).get("effects", {}).get(str(u))} for u in rankings["iou"]],
         "routes": {route: {k_: (v.tolist() if isinstance(v, torch.Tensor) else v) for k_, v in entry.items()
-                           if k_ != "scale"} for route, entry in routes.items()},
+                           if k_ != "scales"} for route, entry in routes.items()},
         "chosen_units": chosen,
         "random_units": random_sets,
         "artifact_fraction": {"seed": cfg.fd_seed, "n": cfg.effect_n, "original": fractions["original"],
@@ -279,9 +328,9 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
     }
     if plan.planted:
         result["planted"] = planted_recovery(plan.planted, rankings, {r: e_["units"] for r, e_ in routes.items()})
-    result["checkpoint"] = save_repaired(generator, cfg.layer, routes[default]["scale"], run_dir, plan.planted)
-    write_pictures(generator, artifact_segmenter, cfg.layer, cfg.fd_seed, width, routes[default]["scale"],
-                   random_sets, run_dir)
+    result["checkpoint"] = save_repaired(generator, routes[default]["scales"], run_dir, plan.planted)
+    write_pictures(generator, artifact_segmenter, cfg.fd_seed, routes[default]["scales"],
+                   variants[random_names[0]], run_dir)
     lap("fractions_checkpoint_pictures_s")
     result["timing"] = {**seconds, "machine": machine_description(), "processes": trainer.world_size,
                         "wall_s": round(sum(seconds.values()), 1)}
