@@ -21,10 +21,8 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import mannwhitneyu
 from tqdm import tqdm
 
 import gandissect  # noqa: F401
@@ -32,6 +30,7 @@ from gandissect.core.hooks import NetHook
 from gandissect.core.latents import seeded_latents
 from gandissect.data.images import scene_batches
 from gandissect.defaults import SCENE_GAN_DISCRIMINATOR, SCENE_GAN_GENERATOR, SCENE_SEGMENTER
+from gandissect.metrics.roc import roc_auc as auc
 from gandissect.metrics.world_rules import violations
 from gandissect.models.artifact_segmenter import ArtifactSegmenter, gaussian_blur
 from gandissect.models.planted import PlantedArtifacts
@@ -79,12 +78,6 @@ class ProbeSegmenter(ArtifactSegmenter):
         logit = ((feats - self.mean) / self.std) @ self.weight.detach() + self.bias.detach()
         return F.interpolate(logit.unsqueeze(1), size=images.shape[-2:], mode="bilinear",
                              align_corners=False)[:, 0]
-
-
-def auc(negative, positive) -> float:
-    """ROC AUC of telling ``positive`` (generated) from ``negative`` (real) by a score, larger = more generated."""
-    negative, positive = np.asarray(negative), np.asarray(positive)
-    return float(mannwhitneyu(positive, negative).statistic / (len(negative) * len(positive)))
 
 
 def batched(fn, images: torch.Tensor) -> torch.Tensor:

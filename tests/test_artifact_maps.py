@@ -10,6 +10,7 @@ from gandissect.config import ARTIFACT_MAPS, RepairConfig, load_config
 from gandissect.core.hooks import fold_unit_scales, scaled_units, unit_alpha
 from gandissect.core.latents import seeded_latents
 from gandissect.errors import BadValueError
+from gandissect.metrics.roc import roc_auc
 from gandissect.models.artifact_segmenter import ArtifactSegmenter, flag_signal, gaussian_blur, window_starts
 from gandissect.models.progan import load_discriminator, load_generator
 from gandissect.steps.repair.run import check_signal
@@ -84,3 +85,10 @@ def test_unit_scales_of_several_layers_fold_into_the_weights_exactly():
             hooked = hook(z)
         assert torch.equal(fold_unit_scales(generator, scales)(z), hooked)
         assert not torch.equal(hooked, generator(z))
+
+
+def test_roc_auc_is_the_share_of_positive_negative_pairs_ordered_right():
+    negatives, positives = torch.randn(40), torch.randn(30) + 0.7
+    pairs = (positives.view(-1, 1) > negatives.view(1, -1)).double().mean()
+    assert roc_auc(negatives, positives) == pytest.approx(float(pairs))
+    assert roc_auc([0.0, 1.0], [1.0, 2.0]) == pytest.approx(0.875)  # one tie counts half: (3 + 0.5) / 4

@@ -240,4 +240,5 @@ def test_a_ready_artifact_segmenter_is_used_as_it_is(tmp_path):
     assert record["segmenter_sha256"] == sha256_file(shipped) and record["build_s"] == 0.0
     assert record["threshold"] == pytest.approx(float(ArtifactSegmenter.load(shipped).threshold))
     assert torch.equal(ArtifactSegmenter.load(tmp_path / "artifact_segmenter.safetensors").threshold,
-                       segmenter.threshold) and record["method"] == "gradcam"
+                       segmenter.threshold) and record["method"] == "occlusion"
+    assert record["signal"]["n"] == 500 and record["signal"]["has_signal"]  # measured on this generator

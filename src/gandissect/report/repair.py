@@ -129,6 +129,8 @@ def artifact_map_text(art: dict) -> str:
                  f"and {signal['real_share']:.3%} +- {signal['real_se']:.3%} of held-out real ones ({signal['n']} "
                  f"images each; ratio {ratio}): " + ("a signal." if signal["has_signal"] else
                                                      "<b>no signal</b> beyond the sampling noise."))
+        if signal.get("d_auc") is not None:
+            text += f" The discriminator's own score tells the same images apart at ROC AUC {signal['d_auc']:.3f}."
     return text
 
 

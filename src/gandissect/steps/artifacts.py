@@ -23,6 +23,7 @@ from gandissect.core.reproducible import fixed_threads
 from gandissect.data import scenes
 from gandissect.data.images import scene_batches
 from gandissect.io import sha256_file, write_json
+from gandissect.metrics.roc import roc_auc
 from gandissect.models.artifact_segmenter import ArtifactSegmenter, flag_signal
 from gandissect.models.losses import discriminator_loss
 from gandissect.models.progan import ProGANDiscriminator, load_discriminator
@@ -86,9 +87,12 @@ def measure_signal(cfg: RepairConfig, generator: nn.Module, segmenter: ArtifactS
     """The flagged shares of ``check_n`` held-out real scenes and as many generated images (latents of
     ``check_seed``), compared: does the map tell this generator's images from real ones at all?"""
     a, size = cfg.artifact, generator.resolution
-    real = segmenter.flagged_shares(scene_batches(a.check_seed, a.check_n, size, cfg.batch_size))
-    generated = segmenter.flagged_shares(generated_batches(generator, a.check_seed, a.check_n, cfg.batch_size))
-    return {"n": a.check_n, "seed": a.check_seed, **flag_signal(real, generated)}
+    real = list(scene_batches(a.check_seed, a.check_n, size, cfg.batch_size))
+    generated = list(generated_batches(generator, a.check_seed, a.check_n, cfg.batch_size))
+    with torch.no_grad():  # D's own verdict on the same images, for comparison with its map's
+        fakeness = [torch.cat([-segmenter.discriminator(x) for x in batches]).cpu() for batches in (real, generated)]
+    return {"n": a.check_n, "seed": a.check_seed, "d_auc": roc_auc(*fakeness),
+            **flag_signal(segmenter.flagged_shares(real), segmenter.flagged_shares(generated))}
 
 
 def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: str,
