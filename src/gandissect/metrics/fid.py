@@ -25,6 +25,7 @@ from torchmetrics import Metric
 from tqdm import tqdm
 
 from gandissect import defaults
+from gandissect.checkpoint import read_state_dict
 from gandissect.errors import BadValueError, CheckpointError
 from gandissect.io import atomic_path
 from gandissect.models.segmenter import SceneSegmenter
@@ -224,13 +225,7 @@ def inception_state_dict(weights: str | Path | None) -> dict[str, torch.Tensor]:
         except OSError as err:
             raise CheckpointError(f"could not download pytorch-fid's Inception weights from {FID_WEIGHTS_URL} "
                                   f"({err}); fetch that file elsewhere and give its path as the weights") from None
-    path = Path(weights)
-    if not path.is_file():
-        raise CheckpointError(f"Inception weights not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many kinds for a file that is not a state dict
-        raise CheckpointError(f"Inception weights {path} are corrupt or not a PyTorch state dict ({err})") from None
+    return read_state_dict(weights, "Inception weights")
 
 
 def load_fid_inception(weights: str | Path | None = None) -> torch.nn.Module:
