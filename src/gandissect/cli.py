@@ -22,49 +22,67 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 
 from gandissect import defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
                                SegmenterTrainConfig, load_config)
-from gandissect.core.runs import runs_root
+from gandissect.core.runs import check_wandb_login, runs_root
 from gandissect.errors import GandissectError
+from gandissect.io import check_writable_dir, check_writable_file, json_text
 
 
-# Each command reads its config first and imports its step only then, so `--help` and a refused config are fast.
+# Each command reads its config and checks where it will write first, and imports its step only then, so `--help`
+# and a refused input are fast and nothing is computed for a run that cannot be saved.
+def _run_dir(name: str) -> None:
+    check_writable_dir(runs_root() / name, "run directory")
+
+
+def _checked(cfg):
+    """A config command's checks before any work: its run directory can be written, W&B online has a login."""
+    _run_dir(cfg.name)
+    check_wandb_login(cfg.wandb)
+    return cfg
+
+
 def _scenes(args) -> dict:
+    check_writable_dir(args.out, "--out")
     from gandissect.steps.evaluate import run_scenes
 
     return run_scenes(args.n, args.seed, args.size, args.out, args.class_name, args.stats_n)
 
 
 def _train(args) -> dict:
-    cfg = load_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args.config, args.set)
+    cfg = _checked(load_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args.config, args.set))
     from gandissect.steps.train import train_gan, train_segmenter
 
     return train_gan(cfg) if args.model == "gan" else train_segmenter(cfg)
 
 
 def _eval_segmenter(args) -> dict:
+    _run_dir(args.name)
     from gandissect.steps.evaluate import run_eval_segmenter
 
     return run_eval_segmenter(args.checkpoint, args.n, args.seed, args.size, args.name)
 
 
 def _eval_gan(args) -> dict:
+    _run_dir(args.name)
     from gandissect.steps.evaluate import run_eval_gan
 
     return run_eval_gan(args.checkpoint, args.n, args.seed, args.real_seed, args.segmenter, args.name)
 
 
 def _generate(args) -> dict:
+    check_writable_file(args.out, "--out")
     from gandissect.steps.evaluate import run_generate
 
     return run_generate(args.checkpoint, args.n, args.seed, args.out, args.columns, args.scale)
 
 
 def _fid_stats(args) -> dict:
+    check_writable_file(args.out, "--out")
+    _run_dir(args.name)
     from gandissect.steps.fid import run_fid_stats
 
     return run_fid_stats(args.data, args.n, args.out, args.seed, args.size, args.backbone, args.weights,
@@ -72,6 +90,7 @@ def _fid_stats(args) -> dict:
 
 
 def _fid_score(args) -> dict:
+    _run_dir(args.name)
     from gandissect.steps.fid import run_fid_score
 
     return run_fid_score(args.checkpoint, args.stats, args.n, args.seed, args.backbone, args.weights,
@@ -84,7 +103,7 @@ def _dissect(args) -> dict:
         overrides.append(f"layers=[{args.layers}]")
     if args.n is not None:
         overrides.append(f"n={args.n}")
-    cfg = load_config(DissectConfig, args.config, overrides)
+    cfg = _checked(load_config(DissectConfig, args.config, overrides))
     from gandissect.steps import dissect
 
     result = dissect.run_dissection(cfg)
@@ -97,7 +116,7 @@ def _ace(args) -> dict:
         overrides.append(f"class_name={args.class_name}")
     if args.layer:
         overrides.append(f"layer={args.layer}")
-    cfg = load_config(AceConfig, args.config, overrides)
+    cfg = _checked(load_config(AceConfig, args.config, overrides))
     from gandissect.pipelines import run_ace_pipeline
     from gandissect.steps import intervene
 
@@ -106,7 +125,7 @@ def _ace(args) -> dict:
 
 
 def _repair(args) -> dict:
-    cfg = load_config(RepairConfig, args.config, list(args.set))
+    cfg = _checked(load_config(RepairConfig, args.config, list(args.set)))
     from gandissect.pipelines import run_repair_pipeline
     from gandissect.steps import repair
 
@@ -115,7 +134,7 @@ def _repair(args) -> dict:
 
 
 def _demo(args) -> dict:
-    cfg = load_config(DemoConfig, args.config, args.set)
+    cfg = _checked(load_config(DemoConfig, args.config, args.set))
     from gandissect.demo import run_demo
 
     return run_demo(cfg)
@@ -229,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except GandissectError as err:
         print(f"gandissect: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    print(json_text(result))
     return 0
 
 

@@ -44,12 +44,13 @@ def run_fid_stats(data: str, n: int, out: str | Path, seed: int = 0, size: int =
     else:
         batches = folder_batches(data, n, batch_size)
     metric = _metric(backbone, weights, segmenter, device)
-    run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
-                               "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         feed(metric, batches, real=True, total=n, desc=f"{metric.name} statistics")
         mu, sigma = metric.statistics(real=True)
+    # the run directory is made once every image was read: an unreadable one leaves no run behind
+    run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
+                               "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
     save_statistics(out, mu, sigma, name=metric.name, count=n)
     results = {"metric": metric.name, "statistics": str(out), "n": n, "data": data,
                "seed": seed if data == "scenes" else None, "num_features": metric.num_features}
