@@ -24,7 +24,7 @@ import argparse
 import contextlib
 import sys
 
-from gandissect import defaults
+from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
                                SegmenterTrainConfig, load_config)
 from gandissect.core.runs import check_wandb_login, runs_root
@@ -142,6 +142,7 @@ def _demo(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gandissect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"gandissect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the main job on the built-in default and write runs/demo/")

@@ -444,6 +444,8 @@ def _one_line(err: OmegaConfBaseException) -> str:
         return f"a config section got a single value; expected a mapping of its keys ({message})"
     if "is not a ListConfig" in message:
         message = "expected a list, e.g. [1, 2]"
+    if message.startswith("Incompatible value 'None' for field of type"):  # `--set name=` reads as null
+        message = f"no value given (empty or null); expected a {message.rpartition(' of type ')[2]} value"
     if isinstance(err, ValidationError) and key:
         return f"{key}: {message}"
     return message
