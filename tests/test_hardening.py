@@ -97,6 +97,9 @@ CASES = [
      ["run directory {in}/afile/eval-segmenter: {in}/afile is a file"]),
     ("wandb-online-dissect", "dissect --set wandb.mode=online", NO_LOGIN, ["wandb.mode=online: no W&B login"]),
     ("wandb-online-demo", "demo --set wandb.mode=online", NO_LOGIN, ["no W&B login", "api.wandb.ai"]),
+    ("demo-bad-ace-set", ["demo", "--set", "ace_set=[n=abc]"], {}, ["ace.yaml: n: Value 'abc'"]),
+    ("demo-bad-repair-set", ["demo", "--set", "repair_set=[fd_m=3]"], {}, ["unknown config key fd_m", "fd_n"]),
+    ("demo-online-in-ace-set", ["demo", "--set", "ace_set=[wandb.mode=online]"], NO_LOGIN, ["no W&B login"]),
     ("wandb-online-train", "train segmenter --config {segyaml} --set wandb.mode=online", NO_LOGIN,
      ["no W&B login"]),
 ]

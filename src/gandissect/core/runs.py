@@ -22,7 +22,7 @@ from gandissect.config import WandbConfig, to_dict
 from gandissect.errors import ConfigError
 from gandissect.io import sha256_file, write_yaml
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used: the command line imports this module for --help
     import torch
 
 
@@ -41,8 +41,6 @@ def start_run(name: str, config, root: str | Path | None = None) -> Path:
 
 def module_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's state dict (names and values): identifies weights that were not read from a file."""
-    import torch  # here, not at the top: the command line reads runs_root() and answers --help without torch
-
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -57,7 +55,7 @@ def model_identity(path: str | Path | None, module: torch.nn.Module | None = Non
 
 
 def machine_description() -> str:
-    import torch
+    import torch  # here, not at the top: the command line imports this module and answers --help without torch
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (GPU)"
