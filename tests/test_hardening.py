@@ -28,13 +28,13 @@ def from_the_repository(monkeypatch):
     monkeypatch.chdir(REPO)  # the default configs and checkpoints are relative paths, as for `make demo`
 
 
-@pytest.fixture
-def inputs(tmp_path):
-    """The files the table refers to as {name}: a small generator, broken copies of it, a file, a folder, images."""
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """The files the table refers to as {in}/...: a small generator, broken copies of it, a file, a folder, images."""
     from gandissect.models.progan import ProGANGenerator
+    from gandissect.models.segmenter import SceneSegmenter
 
-    made = tmp_path / "inputs"
-    made.mkdir()
+    made = tmp_path_factory.mktemp("inputs")
     generator = ProGANGenerator(64, widths=[16, 16, 16, 16, 8, 8, 8, 8, 8, 8], latent_dim=8)
     generator.save(made / "g.safetensors")
     with torch.no_grad():
@@ -48,10 +48,21 @@ def inputs(tmp_path):
         for i, size in enumerate(sizes):
             pixels = np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(made / folder / f"{i}.png")
+    features = SceneSegmenter.load(SHIPPED_SEGMENTER).widths[-1]  # FD-scenes statistics have this many
+    np.savez(made / "nan.npz", mu=np.full(features, np.nan), sigma=np.eye(features))
     png = made / "truncated" / "2.png"
     png.write_bytes(png.read_bytes()[:len(png.read_bytes()) // 2])
+    return made
+
+
+@pytest.fixture
+def inputs(made, tmp_path):
     return {"tmp": tmp_path, "in": made, "gen": made / "g.safetensors", "seg": SHIPPED_SEGMENTER,
             "yaml": DISSECT_YAML, "segyaml": SEGMENTER_YAML}
+
+
+def _listing(*folders) -> list[str]:
+    return sorted(str(p) for folder in folders for p in folder.rglob("*"))
 
 
 NO_LOGIN = {"WANDB_API_KEY": None, "NETRC": "{tmp}/no-netrc", "WANDB_BASE_URL": None}
@@ -72,6 +83,8 @@ CASES = [
     ("eval-segmenter-n-0", "eval segmenter --checkpoint {seg} --n 0", {}, ["--n 0: expected a positive"]),
     ("fid-score-n-negative", "fid score --checkpoint {gen} --stats {tmp}/none.npz --n -3", {},
      ["--n -3", "n >= 2"]),
+    ("fid-score-nan-statistics", "fid score --checkpoint {gen} --stats {in}/nan.npz --n 4", {},
+     ["statistics file {in}/nan.npz: real statistics hold non-finite values"]),
     ("yaml-as-generator", "generate --checkpoint {yaml} --out {tmp}/g.png", {},
      ["dissect.yaml: not a PyTorch state dict file", "text file", "a config?"]),
     ("yaml-as-segmenter", "eval segmenter --checkpoint {segyaml} --n 2", {},
@@ -118,7 +131,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(command, env, fragment
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, _fill(value, inputs))
-    before = sorted(p.name for p in inputs["tmp"].iterdir())
+    before = _listing(inputs["tmp"], inputs["in"])
     code = main([_fill(arg, inputs) for arg in argv])
     out, err = capfd.readouterr()
     lines = err.strip().splitlines()
@@ -127,7 +140,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(command, env, fragment
         assert _fill(fragment, inputs) in lines[0]
     assert out == ""
     assert not isolated_runs.exists()  # no run directory, no config.yaml
-    assert sorted(p.name for p in inputs["tmp"].iterdir()) == before  # no output, no probe file left
+    assert _listing(inputs["tmp"], inputs["in"]) == before  # no output, no probe file left
 
 
 def test_a_directory_that_cannot_be_written_is_refused_before_work(tmp_path, monkeypatch):

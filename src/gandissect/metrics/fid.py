@@ -123,6 +123,8 @@ class FrechetDistance(Metric):
         if mu.shape != (self.num_features,) or sigma.shape != (self.num_features, self.num_features):
             raise BadValueError(f"real statistics have mean {mu.shape} and covariance {sigma.shape}; {self.name} "
                                 f"expects ({self.num_features},) and ({self.num_features}, {self.num_features})")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise BadValueError("real statistics hold non-finite values (NaN or Inf)")
         self._fixed_real, self._fixed_real_count = (mu, sigma), count
         self._computed = None  # torchmetrics' cached compute() result is stale now
 
