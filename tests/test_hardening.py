@@ -104,6 +104,8 @@ CASES = [
      ["image {in}/truncated/2.png cannot be read", "truncated"]),
     ("fid-stats-mixed-sizes", "fid stats --data {in}/mixed --n 3 --out {tmp}/r.npz", {},
      ["{in}/mixed/2.png is 8x8", "must share one size"]),
+    ("eval-name-empty", ["eval", "segmenter", "--checkpoint", "{seg}", "--name", ""], {}, ["name=''"]),
+    ("fid-score-name-dotdot", "fid score --checkpoint {gen} --stats {in}/nan.npz --name ..", {}, ["name='..'"]),
     ("runs-root-under-file", "dissect --n 2", {"GANDISSECT_RUNS": "{in}/afile/runs"},
      ["run directory {in}/afile/runs/dissect: {in}/afile is a file, not a directory"]),
     ("eval-runs-root-is-file", "eval segmenter --checkpoint {seg} --n 2", {"GANDISSECT_RUNS": "{in}/afile"},

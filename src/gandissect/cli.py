@@ -26,7 +26,7 @@ import sys
 
 from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
-                               SegmenterTrainConfig, load_config)
+                               SegmenterTrainConfig, check_run_name, load_config)
 from gandissect.core.runs import check_wandb_login, runs_root
 from gandissect.errors import GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
@@ -35,6 +35,7 @@ from gandissect.io import check_writable_dir, check_writable_file, json_text
 # Each command reads its config and checks where it will write first, and imports its step only then, so `--help`
 # and a refused input are fast and nothing is computed for a run that cannot be saved.
 def _run_dir(name: str) -> None:
+    check_run_name(name)
     check_writable_dir(runs_root() / name, "run directory")
 
 

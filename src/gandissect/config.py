@@ -29,7 +29,7 @@ def _positive(config, *names: str) -> None:
         raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
 
 
-def _check_name(name: str) -> None:
+def check_run_name(name: str) -> None:
     if not name or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"name={name!r}: expected a run name (a folder name under runs/, not empty, no '/')")
 
@@ -109,7 +109,7 @@ class SegmenterTrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
 
 
 @dataclass
@@ -173,7 +173,7 @@ class GANTrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
 
 
 @dataclass
@@ -194,7 +194,7 @@ class DemoConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         _positive(self, "n", "stats_n")
 
 
@@ -216,7 +216,7 @@ class DissectConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         if not 0 < self.quantile < 1:
             raise ConfigError(f"quantile={self.quantile}: expected a number between 0 and 1")
         _positive(self, "n", "batch_size", "top_k", "save_every")
@@ -254,7 +254,7 @@ class AceConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         if self.insertion not in ("mean", "quantile"):
             raise ConfigError(f"insertion must be mean or quantile, got {self.insertion!r}")
         _positive(self, "dissect_n", "constants_n", "n", "removal_units", "top_units", "steps", "batch_size",
@@ -420,7 +420,7 @@ class RepairConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         for key in ("k", "candidates"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected a positive integer, or null for the default")
