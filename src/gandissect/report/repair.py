@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -66,6 +67,11 @@ def fd_chart(fd: dict) -> np.ndarray:
     return picture
 
 
+def _share(value) -> str:
+    """A standard error as a percentage; n/a where it is undefined (one image: inf in memory, null in the JSON)."""
+    return f"{value:.3%}" if value is not None and math.isfinite(value) else "n/a"
+
+
 def _interval(values) -> str:
     return f"[{values[0]:.4f}, {values[1]:.4f}]" if values else ""
 
@@ -125,8 +131,8 @@ def artifact_map_text(art: dict) -> str:
     signal = art.get("signal")
     if signal:
         ratio = f"{signal['ratio']:.2f}x" if signal["ratio"] is not None else "n/a"
-        text += (f" It flags {signal['generated_share']:.3%} +- {signal['generated_se']:.3%} of generated pixels "
-                 f"and {signal['real_share']:.3%} +- {signal['real_se']:.3%} of held-out real ones ({signal['n']} "
+        text += (f" It flags {signal['generated_share']:.3%} +- {_share(signal['generated_se'])} of generated pixels "
+                 f"and {signal['real_share']:.3%} +- {_share(signal['real_se'])} of held-out real ones ({signal['n']} "
                  f"images each; ratio {ratio}): " + ("a signal." if signal["has_signal"] else
                                                      "<b>no signal</b> beyond the sampling noise."))
     return text
