@@ -257,13 +257,14 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
 
 def test_help_and_version_answer_without_importing_torch():
     done = _fresh("import sys\nfrom gandissect.cli import main\n"
-                  "for argv in (['--help'], ['dissect', '--help'], ['--version']):\n"
+                  "for argv in (['--help'], ['dissect', '--help'], ['scenes', '--help'], ['--version']):\n"
                   "    try:\n        main(argv)\n    except SystemExit as end:\n        assert end.code == 0\n"
                   "assert 'torch' not in sys.modules, 'torch was imported'\n")
     assert done.returncode == 0, done.stderr[-2000:]
     from gandissect import __version__
 
     assert f"gandissect {__version__}" in done.stdout and "--layers" in done.stdout
+    assert "(default: experiments/scenes/dissect.yaml)" in done.stdout and "(default: 1000)" in done.stdout
 
 
 def test_a_refused_config_does_not_import_torch():

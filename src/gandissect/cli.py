@@ -141,8 +141,18 @@ def _demo(args) -> dict:
     return run_demo(cfg)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every option's --help line shows its default (subcommand parsers are made of the parent's class)."""
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.default not in (None, [], argparse.SUPPRESS) and action.help != argparse.SUPPRESS:
+            action.help = f"{action.help or ''} (default: %(default)s)".strip()
+        return action
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gandissect", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="gandissect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"gandissect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
