@@ -26,7 +26,7 @@ import sys
 
 from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
-                               SegmenterTrainConfig, check_run_name, load_config)
+                               SegmenterTrainConfig, check_run_name, check_seed, load_config)
 from gandissect.core.runs import check_wandb_login, runs_root
 from gandissect.errors import GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for flag in ("seed", "real_seed"):
+            if getattr(args, flag, None) is not None:
+                check_seed(f"--{flag.replace('_', '-')}", getattr(args, flag))
         # stdout carries the JSON result alone: progress bars and logs (Lightning writes some to stdout) go to stderr
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)

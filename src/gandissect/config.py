@@ -29,6 +29,24 @@ def _positive(config, *names: str) -> None:
         raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
 
 
+MAX_SEED = 2 ** 32 - 1  # world seeds go to numpy (non-negative only), latent seeds into torch's 64-bit seeds
+
+
+def check_seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name}={value}: expected a seed from 0 to {MAX_SEED}")
+
+
+def _check_seeds(config, prefix: str = "") -> None:
+    """Every ``seed`` / ``*_seed`` value of a config and its sections."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_seeds(value, f"{prefix}{f.name}.")
+        elif (f.name == "seed" or f.name.endswith("_seed")) and isinstance(value, int):
+            check_seed(prefix + f.name, value)
+
+
 def check_run_name(name: str) -> None:
     if not name or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"name={name!r}: expected a run name (a folder name under runs/, not empty, no '/')")
@@ -462,7 +480,8 @@ def _section_keys(cls, section: str) -> list[str]:
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """Read ``path`` (YAML) onto dataclass ``cls``, then apply ``key.sub=value`` overrides; returns a ``cls``."""
+    """Read ``path`` (YAML) onto dataclass ``cls``, then apply ``key.sub=value`` overrides; returns a ``cls``.
+    Seeds (``seed``, ``*_seed`` in any section) are checked here, for all configs at once."""
     layers = [OmegaConf.structured(cls)]
     where = f"{path}: " if path is not None else ""
     if path is not None:
@@ -483,7 +502,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
+        config = OmegaConf.to_object(merged)
+        _check_seeds(config)
+        return config
     except ConfigKeyError as err:
         known = ", ".join(_section_keys(cls, (getattr(err, "full_key", "") or "").rpartition(".")[0]))
         raise ConfigError(f"{where}{_one_line(err)}; expected one of: {known}") from None
