@@ -80,6 +80,8 @@ CASES = [
     ("set-nested-seed-too-big", "repair --set artifact.check_seed=5000000000", {}, ["artifact.check_seed=5000000000"]),
     ("scenes-seed-negative", "scenes --seed -1 --n 1 --out {tmp}/s", {}, ["--seed=-1: expected a seed"]),
     ("eval-real-seed-negative", "eval gan --checkpoint {gen} --real-seed -5", {}, ["--real-seed=-5"]),
+    ("devices-precision", "dissect --set devices.precision=7", {}, ["devices (", "Precision 7 is invalid"]),
+    ("devices-strategy", "ace --set devices.strategy=nonsense", {}, ["invalid strategy name"]),
     ("dissect-layers-empty", ["dissect", "--layers", ""], {}, ["layers=[]", "at least one layer"]),
     ("dissect-n-0", "dissect --n 0", {}, ["n=0: expected a positive integer"]),
     ("generate-n-0", "generate --checkpoint {gen} --n 0 --out {tmp}/g.png", {}, ["--n 0: expected a positive"]),

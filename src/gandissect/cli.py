@@ -40,9 +40,14 @@ def _run_dir(name: str) -> None:
 
 
 def _checked(cfg):
-    """A config command's checks before any work: its run directory can be written, W&B online has a login."""
+    """A config command's checks before any work: its run directory can be written, W&B online has a login, Lightning
+    accepts its devices settings."""
     _run_dir(cfg.name)
     check_wandb_login(cfg.wandb)
+    if hasattr(cfg, "devices"):
+        from gandissect.core.distributed import check_devices
+
+        check_devices(cfg.devices)
     return cfg
 
 
