@@ -43,6 +43,7 @@ def made(tmp_path_factory):
     torch.save(generator.state_dict(), made / "nan.pth")
     (made / "afile").write_text("not a folder\n")
     (made / "adir").mkdir()
+    (made / "adir.json").mkdir()  # where `generate --out adir.png` would write its record
     for folder, sizes in (("truncated", [16, 16, 16]), ("mixed", [16, 16, 8])):
         (made / folder).mkdir()
         for i, size in enumerate(sizes):
@@ -103,6 +104,9 @@ CASES = [
      ["--out {in}/afile/g.png: {in}/afile is a file, not a directory"]),
     ("generate-out-is-dir", "generate --checkpoint {gen} --out {in}/adir", {},
      ["--out {in}/adir is a directory; expected a file name"]),
+    ("generate-out-not-png", "generate --checkpoint {gen} --out {tmp}/g.json", {}, ["expected a .png file name"]),
+    ("generate-record-is-dir", "generate --checkpoint {gen} --out {in}/adir.png", {},
+     ["--out's record {in}/adir.json is a directory"]),
     ("scenes-out-is-file", "scenes --n 2 --out {in}/afile", {}, ["--out {in}/afile is a file, not a directory"]),
     ("scenes-out-under-file", "scenes --n 2 --out {in}/afile/s", {}, ["{in}/afile is a file, not a directory"]),
     ("fid-stats-out-is-dir", "fid stats --n 2 --out {in}/adir", {}, ["--out {in}/adir is a directory"]),

@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
                                SegmenterTrainConfig, check_run_name, check_seed, load_config)
 from gandissect.core.runs import check_wandb_login, runs_root
-from gandissect.errors import GandissectError
+from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
 
 
@@ -81,6 +82,10 @@ def _eval_gan(args) -> dict:
 
 def _generate(args) -> dict:
     check_writable_file(args.out, "--out")
+    if Path(args.out).suffix.lower() != ".png":
+        raise BadValueError(f"--out {args.out}: expected a .png file name (the grid is a PNG; its record goes beside "
+                            "it as .json)")
+    check_writable_file(Path(args.out).with_suffix(".json"), "--out's record")
     from gandissect.steps.evaluate import run_generate
 
     return run_generate(args.checkpoint, args.n, args.seed, args.out, args.columns, args.scale)
