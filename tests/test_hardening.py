@@ -281,3 +281,21 @@ def test_a_refused_config_does_not_import_torch():
     done = _fresh("import sys\nfrom gandissect.cli import main\n"
                   "assert main(['dissect', '--set', 'n=abc']) == 2\nassert 'torch' not in sys.modules\n")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("repaired, better, higher", [(0.8947, False, 0), (0.8557, False, 2), (0.8, True, 2)])
+def test_the_repair_verdict_and_its_colour_follow_the_numbers(repaired, better, higher):
+    from gandissect.report.repair import fd_chart, fd_verdict
+
+    # the fresh-clone numbers: 0.8947 repaired, 0.8557 original, 0.8794 random
+    fd = {"name": "FD-scenes", "n": 100, "original": 0.8557, "repaired": repaired, "random": [0.8794, 0.8701],
+          "random_mean": 0.87475, "random_std": 0.0066}
+    text, verdict = fd_verdict(fd)
+    assert verdict is better
+    assert ("is lower (better)" if better else "is not lower (no better)") in text
+    assert f"{higher} of 2 random ablations of as many units have a higher one" in text
+    picture = fd_chart(fd)
+    green = np.all(picture == [0x55, 0xA8, 0x68], axis=-1).sum()
+    red = np.all(picture == [0xC4, 0x4E, 0x52], axis=-1).sum()
+    assert (green > 100, red > 100) == (better, not better)
+    assert fd_verdict({**fd, "repaired": None}) == ("nothing was ablated, so there is no repair to compare", None)

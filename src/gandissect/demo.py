@@ -14,6 +14,7 @@ from gandissect.io import image_grid, save_image, write_json
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
 from gandissect.pipelines import run_ace_pipeline, run_repair_pipeline
 from gandissect.report.html import picture, swatch, table, write_report
+from gandissect.report.repair import fd_verdict
 from gandissect.steps import intervene, repair
 from gandissect.steps.dissect import run_dissection
 
@@ -49,8 +50,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = {"segmenter": cfg.segmenter, "segmentation": quality, "world": stats}
     pipeline = []  # report sections of the GAN pipeline, the main job's result first
     if rcfg is not None:
-        results["repair"], html = _repair(rcfg, run_dir)
-        pipeline.append(("Repair: artifact units switched off, proven by FD", html))
+        results["repair"], html, better = _repair(rcfg, run_dir)
+        verdict = {True: "FD better than the original", False: "FD not better than the original", None: "nothing ablated"}
+        pipeline.append((f"Repair: artifact units switched off, {verdict[better]}", html))
     if cfg.dissect_n > 0:
         results["dissection"], html = _dissect(cfg, run_dir)
         pipeline.append(("Dissection: which units draw which classes", html))
@@ -145,17 +147,19 @@ def _ace(acfg: AceConfig, run_dir) -> tuple[dict, str]:
     return {**intervene.summary(result), "report": "ace/index.html"}, html
 
 
-def _repair(rcfg: RepairConfig, run_dir) -> tuple[dict, str]:
-    """Repair the shipped GAN at the dissected layer (run_dir/repair)."""
+def _repair(rcfg: RepairConfig, run_dir) -> tuple[dict, str, bool | None]:
+    """Repair the shipped GAN at the dissected layer (run_dir/repair); also whether its FD is lower."""
     result = run_repair_pipeline(rcfg, run_dir=run_dir / "repair")
     fd = result["fd"]
+    verdict, better = fd_verdict(fd)
     rows = [["original", fd["original"]], ["repaired", fd["repaired"]],
             [f"random ablations (mean +- std of {len(fd['random'])})",
              f"{fd['random_mean']:.4f} +- {fd['random_std'] or 0:.4f}" if fd["random"] else None]]
     html = (f"<p>Units of {rcfg.layer} that draw what the discriminator finds fake: {result['chosen_units']}. "
             f"{fd['name']} over {fd['n']} seeded latents (the same for every generator; lower is better):</p>"
             + table(["generator", fd["name"]], rows)
+            + f"<p><b>Verdict:</b> {verdict}.</p>"
             + picture("repair/before_after.png", "rows: original, repaired, random ablation of as many units")
             + "<p>Artifact maps, unit images, the repaired checkpoint and every number: "
               "<a href='repair/index.html'>repair/index.html</a>.</p>")
-    return {**repair.summary(result, run_dir / "repair"), "report": "repair/index.html"}, html
+    return {**repair.summary(result, run_dir / "repair"), "report": "repair/index.html"}, html, better

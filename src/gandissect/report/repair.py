@@ -48,12 +48,26 @@ def write_pictures(generator: nn.Module, artifact_segmenter, seed: int, scales: 
                                                      columns=SHOWN), scale=2)
 
 
+def fd_verdict(fd: dict) -> tuple[str, bool | None]:
+    """The repair's FD against the original's and the random ablations', in words, and whether it is lower (None:
+    nothing was repaired)."""
+    if fd["repaired"] is None:
+        return "nothing was ablated, so there is no repair to compare", None
+    better = fd["repaired"] < fd["original"]
+    text = (f"the repaired generator's {fd['name']} is {'lower (better)' if better else 'not lower (no better)'} than "
+            f"the original's: {fd['repaired']:.4f} against {fd['original']:.4f}")
+    if fd["random"]:
+        worse = sum(value > fd["repaired"] for value in fd["random"])
+        text += f"; {worse} of {len(fd['random'])} random ablations of as many units have a higher one"
+    return text, better
+
+
 def fd_chart(fd: dict) -> np.ndarray:
     names, values, colors = ["original"], [fd["original"]], ["#888888"]
     if fd["repaired"] is not None:
         names += ["repaired", f"random (n={len(fd['random'])})"]
         values += [fd["repaired"], fd["random_mean"]]
-        colors += ["#55a868", "#c44e52"]
+        colors += ["#55a868" if fd_verdict(fd)[1] else "#c44e52", "#8c8cb4"]  # the repair's colour: its verdict
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
     ax.bar(names, values, color=colors)
     if fd["random"]:
@@ -159,6 +173,7 @@ def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
                    "(every generator draws the same latents):</p>"
                    + table(["generator", fd["name"], f"flagged pixels ({result['artifact_fraction']['n']} latents)"],
                            rows)
+                   + f"<p><b>Verdict:</b> {fd_verdict(fd)[0]}.</p>"
                    + picture("fd_chart.png", "Frechet distance: original, repaired, random ablations of as many "
                                              "units")),
         ("Before and after", picture("before_after.png", "rows: original, repaired, random ablation (same latents)")),
