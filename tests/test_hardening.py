@@ -255,6 +255,7 @@ def test_a_dissection_of_few_images_warns_on_stderr_and_in_its_json(isolated_run
     out, err = capfd.readouterr()
     assert code == 0, err[-3000:]
     assert "gandissect: warning: n=1 images is below the minimum of 100 for a dissection" in err
+    assert "Tip:" not in err and "GPU available" not in err  # Lightning's notes, without --verbose
     warnings = json.loads((isolated_runs / "dissect" / "dissect.json").read_text())["warnings"]
     assert len(warnings) == 1 and "below the minimum of 100" in warnings[0]
     assert json.loads(out)["warnings"] == warnings

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 from gandissect import __version__, defaults
@@ -164,6 +166,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gandissect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"gandissect {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="keep the libraries' own notes on stderr (Lightning's "
+                                                               "tips and device lines, deprecation notes)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the main job on the built-in default and write runs/demo/")
@@ -261,8 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_or_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _quiet_libraries() -> None:
+    """Lightning's tips and device lines and the deprecation notes meant for library developers, off stderr: what is
+    left there is progress, gandissect's own warnings and real problems."""
+    # a filter on the loggers Lightning's notes come from (not a level on its package logger, which its import resets)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_warning_or_worse)  # adding it again changes nothing
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
     try:
         for flag in ("seed", "real_seed"):
             if getattr(args, flag, None) is not None:
