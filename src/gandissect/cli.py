@@ -15,7 +15,9 @@
 
 Each command hands its arguments to one ``run_*`` function and prints the JSON result on stdout; progress bars
 and logs go to stderr. Bad input (a missing file, an unknown key or class, a checkpoint of the wrong kind, a value
-of the wrong type) ends with one line on stderr naming the problem and exit status 2.
+of the wrong type, an output path that cannot be written) ends with one line on stderr naming the problem and exit
+status 2; inputs and output paths are checked before any work. ``gandissect --verbose <command>`` keeps the
+libraries' own notes on stderr; ``gandissect --version`` prints the version.
 """
 
 from __future__ import annotations
