@@ -300,3 +300,23 @@ def test_the_repair_verdict_and_its_colour_follow_the_numbers(repaired, better, 
     red = np.all(picture == [0xC4, 0x4E, 0x52], axis=-1).sum()
     assert (green > 100, red > 100) == (better, not better)
     assert fd_verdict({**fd, "repaired": None}) == ("nothing was ablated, so there is no repair to compare", None)
+
+
+@pytest.mark.parametrize("repaired, title", [(0.8947, "FD not better than the original"),
+                                             (0.8, "FD better than the original")])
+def test_the_demo_titles_its_repair_by_the_verdict(repaired, title, isolated_runs, monkeypatch):
+    """The demo's repair section, with the repair pipeline itself replaced by its result (the full demo is tested in
+    test_cli)."""
+    from gandissect import demo
+    from gandissect.config import DemoConfig, WandbConfig
+
+    fd = {"name": "FD-scenes", "n": 100, "original": 0.8557, "repaired": repaired, "random": [0.8794],
+          "random_mean": 0.8794, "random_std": None}
+    monkeypatch.setattr(demo, "run_repair_pipeline", lambda cfg, run_dir: {"fd": fd, "chosen_units": [3, 5]})
+    monkeypatch.setattr(demo.repair, "summary", lambda result, run_dir: {"fd_repaired": result["fd"]["repaired"]})
+    cfg = DemoConfig(n=2, stats_n=2, dissect_n=0, ace_config=None, wandb=WandbConfig(mode="disabled"))
+    summary = demo.run_demo(cfg)
+    assert summary["repair"]["fd_repaired"] == repaired
+    html = (isolated_runs / "demo" / "index.html").read_text()
+    assert f"Repair: artifact units switched off, {title}" in html and "proven by FD" not in html
+    assert "<b>Verdict:</b> the repaired generator's FD-scenes is" in html

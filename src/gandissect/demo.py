@@ -51,8 +51,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     pipeline = []  # report sections of the GAN pipeline, the main job's result first
     if rcfg is not None:
         results["repair"], html, better = _repair(rcfg, run_dir)
-        verdict = {True: "FD better than the original", False: "FD not better than the original", None: "nothing ablated"}
-        pipeline.append((f"Repair: artifact units switched off, {verdict[better]}", html))
+        verdict = {True: "FD better than the original", False: "FD not better than the original",
+                   None: "nothing ablated"}[better]
+        pipeline.append((f"Repair: artifact units switched off, {verdict}", html))
     if cfg.dissect_n > 0:
         results["dissection"], html = _dissect(cfg, run_dir)
         pipeline.append(("Dissection: which units draw which classes", html))
