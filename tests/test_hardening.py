@@ -93,7 +93,7 @@ CASES = [
     ("fid-score-nan-statistics", "fid score --checkpoint {gen} --stats {in}/nan.npz --n 4", {},
      ["statistics file {in}/nan.npz: real statistics hold non-finite values"]),
     ("yaml-as-generator", "generate --checkpoint {yaml} --out {tmp}/g.png", {},
-     ["dissect.yaml: not a PyTorch state dict file", "text file", "a config?"]),
+     ["dissect.yaml is corrupt or not a PyTorch state dict file", "text file", "a config?"]),
     ("yaml-as-segmenter", "eval segmenter --checkpoint {segyaml} --n 2", {},
      ["segmenter.yaml is not a safetensors file", "a config?", "expected a 'scene-segmenter' checkpoint"]),
     ("nan-safetensors", "generate --checkpoint {in}/nan.safetensors --out {tmp}/g.png", {},
@@ -231,7 +231,7 @@ def test_checkpoints_with_non_finite_tensors_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="b.pth holds non-finite values .* in w$"):
         read_state_dict(tmp_path / "b.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
-    with pytest.raises(CheckpointError, match="Inception weights .*junk.pth: not a PyTorch state dict file"):
+    with pytest.raises(CheckpointError, match="Inception weights .*junk.pth is corrupt or not a PyTorch state dict file"):
         read_state_dict(tmp_path / "junk.pth", "Inception weights")
     torch.save({"w": good}, tmp_path / "fine.pth")
     assert torch.equal(read_state_dict(tmp_path / "fine.pth")["w"], good)

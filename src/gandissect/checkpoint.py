@@ -65,14 +65,14 @@ def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict:
         magic = f.read(4)
     # torch.save writes a zip archive (or, before torch 1.6, a pickle); anything else gets torch's multi-line advice
     if magic != b"PK\x03\x04" and magic[:1] != b"\x80":
-        raise CheckpointError(f"{what} {path}: not a PyTorch state dict file{_text_hint(path)}; expected a .pth/.pt "
-                              "file from torch.save or a .safetensors checkpoint written by gandissect")
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict file{_text_hint(path)}; expected "
+                              "a .pth/.pt file from torch.save or a .safetensors checkpoint written by gandissect")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"{what} {path}: corrupt or not a PyTorch state dict ({_first_line(err)})") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict ({_first_line(err)})") from None
     if not isinstance(loaded, dict):
-        raise CheckpointError(f"{what} {path}: holds a {type(loaded).__name__}, not a state dict")
+        raise CheckpointError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
     state = loaded["state_dict"] if isinstance(loaded.get("state_dict"), dict) else loaded
     check_finite({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, path, what)
     return loaded
