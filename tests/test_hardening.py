@@ -20,6 +20,7 @@ from .conftest import REPO, SHIPPED_SEGMENTER
 
 DISSECT_YAML = REPO / "experiments" / "scenes" / "dissect.yaml"
 SEGMENTER_YAML = REPO / "experiments" / "scenes" / "segmenter.yaml"
+GAN_YAML = REPO / "experiments" / "scenes" / "gan.yaml"
 NAN_TENSOR = "layer1.conv.weight"
 
 
@@ -59,7 +60,7 @@ def made(tmp_path_factory):
 @pytest.fixture
 def inputs(made, tmp_path):
     return {"tmp": tmp_path, "in": made, "gen": made / "g.safetensors", "seg": SHIPPED_SEGMENTER,
-            "yaml": DISSECT_YAML, "segyaml": SEGMENTER_YAML}
+            "yaml": DISSECT_YAML, "segyaml": SEGMENTER_YAML, "ganyaml": GAN_YAML}
 
 
 def _listing(*folders) -> list[str]:
@@ -83,6 +84,13 @@ CASES = [
     ("eval-real-seed-negative", "eval gan --checkpoint {gen} --real-seed -5", {}, ["--real-seed=-5"]),
     ("devices-precision", "dissect --set devices.precision=7", {}, ["devices (", "Precision 7 is invalid"]),
     ("devices-strategy", "ace --set devices.strategy=nonsense", {}, ["invalid strategy name"]),
+    ("train-batch-size-0", "train segmenter --config {segyaml} --set data.batch_size=0", {}, ["batch_size=0"]),
+    ("train-gan-lr-negative", "train gan --config {ganyaml} --set optim.g_lr=-1", {},
+     ["g_lr=-1.0: expected a number > 0"]),
+    ("train-gan-betas", "train gan --config {ganyaml} --set optim.betas=[0.5]", {}, ["betas=[0.5]"]),
+    ("train-gan-fd-n-1", "train gan --config {ganyaml} --set monitor.fd_n=1", {}, ["monitor.fd_n=1"]),
+    ("dissect-iou-threshold", "dissect --set iou_threshold=2", {}, ["iou_threshold=2.0"]),
+    ("repair-plant-quantile", "repair --set plant.quantile=1.5", {}, ["plant: expected 0 < quantile < 1"]),
     ("dissect-layers-empty", ["dissect", "--layers", ""], {}, ["layers=[]", "at least one layer"]),
     ("dissect-n-0", "dissect --n 0", {}, ["n=0: expected a positive integer"]),
     ("generate-n-0", "generate --checkpoint {gen} --n 0 --out {tmp}/g.png", {}, ["--n 0: expected a positive"]),
@@ -231,7 +239,7 @@ def test_checkpoints_with_non_finite_tensors_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="b.pth holds non-finite values .* in w$"):
         read_state_dict(tmp_path / "b.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
-    with pytest.raises(CheckpointError, match="Inception weights .*junk.pth is corrupt or not a PyTorch state dict file"):
+    with pytest.raises(CheckpointError, match="Inception weights .*junk.pth is corrupt or not a PyTorch state dict"):
         read_state_dict(tmp_path / "junk.pth", "Inception weights")
     torch.save({"w": good}, tmp_path / "fine.pth")
     assert torch.equal(read_state_dict(tmp_path / "fine.pth")["w"], good)

@@ -29,6 +29,18 @@ def _positive(config, *names: str) -> None:
         raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
 
 
+def _at_least_zero(config, *names: str) -> None:
+    bad = [f"{name}={getattr(config, name)}" for name in names if not getattr(config, name) >= 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: expected a number >= 0")
+
+
+def _above_zero(config, *names: str) -> None:
+    bad = [f"{name}={getattr(config, name)}" for name in names if not getattr(config, name) > 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: expected a number > 0")
+
+
 MAX_SEED = 2 ** 32 - 1  # world seeds go to numpy (non-negative only), latent seeds into torch's 64-bit seeds
 
 
@@ -107,11 +119,19 @@ class SegmenterDataConfig:
     val_length: int = 256
     num_workers: int = 1
 
+    def __post_init__(self):
+        _positive(self, "batch_size", "val_length")
+        _at_least_zero(self, "num_workers")
+
 
 @dataclass
 class OptimConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
+
+    def __post_init__(self):
+        _above_zero(self, "lr")
+        _at_least_zero(self, "weight_decay")
 
 
 @dataclass
@@ -146,6 +166,7 @@ class GANDataConfig:
 
     def __post_init__(self):
         _positive(self, "batch_size")
+        _at_least_zero(self, "num_workers")
 
 
 @dataclass
@@ -155,12 +176,22 @@ class GANLossConfig:
     ema_half_life: int = 10000     # images; half-life of the exponential moving average of G's weights
     ema_rampup: float = 0.05       # early on the half-life is at most this fraction of the images seen
 
+    def __post_init__(self):
+        _positive(self, "r1_interval")
+        _above_zero(self, "ema_half_life")
+        _at_least_zero(self, "r1_gamma", "ema_rampup")
+
 
 @dataclass
 class GANOptimConfig:
     g_lr: float = 2e-3
     d_lr: float = 2e-3
     betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+
+    def __post_init__(self):
+        _above_zero(self, "g_lr", "d_lr")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"betas={list(self.betas)}: expected two numbers in [0, 1)")
 
 
 @dataclass
@@ -174,6 +205,13 @@ class GANMonitorConfig:
     sample_n: int = 64
     sample_seed: int = 0
     checkpoint_every: int = 500
+
+    def __post_init__(self):
+        _at_least_zero(self, "fd_every", "sample_every")
+        _positive(self, "sample_n", "checkpoint_every")
+        if self.fd_n < 2 or self.fd_real_n < 2:
+            raise ConfigError(f"monitor.fd_n={self.fd_n}, monitor.fd_real_n={self.fd_real_n}: a Frechet distance "
+                              "needs at least 2 images on each side")
 
 
 @dataclass
@@ -237,6 +275,8 @@ class DissectConfig:
         check_run_name(self.name)
         if not 0 < self.quantile < 1:
             raise ConfigError(f"quantile={self.quantile}: expected a number between 0 and 1")
+        if not 0 <= self.iou_threshold < 1:
+            raise ConfigError(f"iou_threshold={self.iou_threshold}: expected a number from 0 up to (not including) 1")
         _positive(self, "n", "batch_size", "top_k", "save_every")
         if not self.layers or not all(name.strip() for name in self.layers):
             raise ConfigError(f"layers={list(self.layers)}: give at least one layer name")
@@ -333,6 +373,12 @@ class PlantConfig:
     units: list[int] = field(default_factory=list)   # empty: repair the generator as it is
     quantile: float = 0.97         # a planted unit paints where its upsampled map exceeds this quantile
     calibration_n: int = 512
+
+    def __post_init__(self):
+        if not 0 < self.quantile < 1 or any(unit < 0 for unit in self.units):
+            raise ConfigError(f"plant: expected 0 < quantile < 1 and unit numbers >= 0, got quantile={self.quantile}, "
+                              f"units={list(self.units)}")
+        _positive(self, "calibration_n")
 
 
 @dataclass
