@@ -53,7 +53,7 @@ def run_fid_stats(data: str, n: int, out: str | Path, seed: int = 0, size: int =
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise GandissectError(f"fid stats: the {metric.name} statistics of {data} came out non-finite (NaN or Inf); "
                               "nothing was saved")
-    # the run directory is made once every image was read: an unreadable one leaves no run behind
+    # the run directory is made once the statistics exist: a run that fails on the way leaves none behind
     run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
                                "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
     save_statistics(out, mu, sigma, name=metric.name, count=n)
