@@ -117,7 +117,7 @@ def test_inception_weights_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="partial.pth does not hold pytorch-fid's FID Inception weights"):
         build_fd("inception", weights=tmp_path / "partial.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
-    with pytest.raises(CheckpointError, match="junk.pth are corrupt"):
+    with pytest.raises(CheckpointError, match="junk.pth is corrupt"):
         build_fd("inception", weights=tmp_path / "junk.pth")
 
 

@@ -38,7 +38,10 @@ def read_checkpoint(path: str | Path, expected_arch: str) -> tuple[dict, dict[st
             meta = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({err})") from None
+        if _text_hint(path):
+            raise CheckpointError(f"checkpoint {path} is not a safetensors file{_text_hint(path)}; expected a "
+                                  f"{expected_arch!r} checkpoint written by gandissect") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({_first_line(err)})") from None
     arch = meta.get("gandissect_arch")
     if arch is None:
         raise CheckpointError(f"checkpoint {path} has no gandissect_arch metadata; expected a {expected_arch!r} "
@@ -49,7 +52,53 @@ def read_checkpoint(path: str | Path, expected_arch: str) -> tuple[dict, dict[st
         config = json.loads(meta.get("gandissect_config", "{}"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"checkpoint {path} has unreadable gandissect_config metadata ({err})") from None
+    check_finite(tensors, path)
     return config, tensors
+
+
+def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict:
+    """A PyTorch state dict file (.pth / .pt, loaded with ``weights_only``), checked to hold finite tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle); anything else gets torch's multi-line advice
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict file{_text_hint(path)}; expected "
+                              "a .pth/.pt file from torch.save or a .safetensors checkpoint written by gandissect")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict ({_first_line(err)})") from None
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
+    state = loaded["state_dict"] if isinstance(loaded.get("state_dict"), dict) else loaded
+    check_finite({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, path, what)
+    return loaded
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str | Path, what: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or Inf: they give black images and NaN statistics without any error."""
+    bad = [key for key, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{what} {source} holds non-finite values (NaN or Inf) in {listed}")
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _text_hint(path: Path) -> str:
+    """' (it is a text file beginning ...)' when ``path`` holds text, such as a YAML config given by mistake."""
+    with open(path, "rb") as f:
+        text = f.read(256).decode("utf-8", errors="ignore")  # a character cut at byte 256 is dropped
+    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
+        return ""
+    first = text.strip().splitlines()[0][:40]
+    return f" (it is a text file beginning {first!r}{', a config?' if path.suffix in ('.yaml', '.yml') else ''})"
 
 
 def load_state_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

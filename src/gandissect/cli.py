@@ -15,56 +15,89 @@
 
 Each command hands its arguments to one ``run_*`` function and prints the JSON result on stdout; progress bars
 and logs go to stderr. Bad input (a missing file, an unknown key or class, a checkpoint of the wrong kind, a value
-of the wrong type) ends with one line on stderr naming the problem and exit status 2.
+of the wrong type, an output path that cannot be written) ends with one line on stderr naming the problem and exit
+status 2; inputs and output paths are checked before any work. ``gandissect --verbose <command>`` keeps the
+libraries' own notes on stderr; ``gandissect --version`` prints the version.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import logging
 import sys
+import warnings
+from pathlib import Path
 
-from gandissect import defaults
+from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
-                               SegmenterTrainConfig, load_config)
-from gandissect.core.runs import runs_root
-from gandissect.errors import GandissectError
+                               SegmenterTrainConfig, check_run_name, check_seed, load_config)
+from gandissect.core.runs import check_wandb_login, runs_root
+from gandissect.errors import BadValueError, GandissectError
+from gandissect.io import check_writable_dir, check_writable_file, json_text
 
 
-# Each command reads its config first and imports its step only then, so `--help` and a refused config are fast.
+# Each command reads its config and checks where it will write first, and imports its step only then, so `--help`
+# and a refused input are fast and nothing is computed for a run that cannot be saved.
+def _run_dir(name: str) -> None:
+    check_run_name(name)
+    check_writable_dir(runs_root() / name, "run directory")
+
+
+def _checked(cfg):
+    """A config command's checks before any work: its run directory can be written, W&B online has a login, Lightning
+    accepts its devices settings."""
+    _run_dir(cfg.name)
+    check_wandb_login(cfg.wandb)
+    if hasattr(cfg, "devices"):
+        from gandissect.core.distributed import check_devices
+
+        check_devices(cfg.devices)
+    return cfg
+
+
 def _scenes(args) -> dict:
+    check_writable_dir(args.out, "--out")
     from gandissect.steps.evaluate import run_scenes
 
     return run_scenes(args.n, args.seed, args.size, args.out, args.class_name, args.stats_n)
 
 
 def _train(args) -> dict:
-    cfg = load_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args.config, args.set)
+    cfg = _checked(load_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args.config, args.set))
     from gandissect.steps.train import train_gan, train_segmenter
 
     return train_gan(cfg) if args.model == "gan" else train_segmenter(cfg)
 
 
 def _eval_segmenter(args) -> dict:
+    _run_dir(args.name)
     from gandissect.steps.evaluate import run_eval_segmenter
 
     return run_eval_segmenter(args.checkpoint, args.n, args.seed, args.size, args.name)
 
 
 def _eval_gan(args) -> dict:
+    _run_dir(args.name)
     from gandissect.steps.evaluate import run_eval_gan
 
     return run_eval_gan(args.checkpoint, args.n, args.seed, args.real_seed, args.segmenter, args.name)
 
 
 def _generate(args) -> dict:
+    check_writable_file(args.out, "--out")
+    if Path(args.out).suffix.lower() != ".png":
+        raise BadValueError(f"--out {args.out}: expected a .png file name (the grid is a PNG; its record goes beside "
+                            "it as .json)")
+    check_writable_file(Path(args.out).with_suffix(".json"), "--out's record")
     from gandissect.steps.evaluate import run_generate
 
     return run_generate(args.checkpoint, args.n, args.seed, args.out, args.columns, args.scale)
 
 
 def _fid_stats(args) -> dict:
+    check_writable_file(args.out, "--out")
+    _run_dir(args.name)
     from gandissect.steps.fid import run_fid_stats
 
     return run_fid_stats(args.data, args.n, args.out, args.seed, args.size, args.backbone, args.weights,
@@ -72,6 +105,7 @@ def _fid_stats(args) -> dict:
 
 
 def _fid_score(args) -> dict:
+    _run_dir(args.name)
     from gandissect.steps.fid import run_fid_score
 
     return run_fid_score(args.checkpoint, args.stats, args.n, args.seed, args.backbone, args.weights,
@@ -84,7 +118,7 @@ def _dissect(args) -> dict:
         overrides.append(f"layers=[{args.layers}]")
     if args.n is not None:
         overrides.append(f"n={args.n}")
-    cfg = load_config(DissectConfig, args.config, overrides)
+    cfg = _checked(load_config(DissectConfig, args.config, overrides))
     from gandissect.steps import dissect
 
     result = dissect.run_dissection(cfg)
@@ -97,7 +131,7 @@ def _ace(args) -> dict:
         overrides.append(f"class_name={args.class_name}")
     if args.layer:
         overrides.append(f"layer={args.layer}")
-    cfg = load_config(AceConfig, args.config, overrides)
+    cfg = _checked(load_config(AceConfig, args.config, overrides))
     from gandissect.pipelines import run_ace_pipeline
     from gandissect.steps import intervene
 
@@ -106,7 +140,7 @@ def _ace(args) -> dict:
 
 
 def _repair(args) -> dict:
-    cfg = load_config(RepairConfig, args.config, list(args.set))
+    cfg = _checked(load_config(RepairConfig, args.config, list(args.set)))
     from gandissect.pipelines import run_repair_pipeline
     from gandissect.steps import repair
 
@@ -115,14 +149,27 @@ def _repair(args) -> dict:
 
 
 def _demo(args) -> dict:
-    cfg = load_config(DemoConfig, args.config, args.set)
+    cfg = _checked(load_config(DemoConfig, args.config, args.set))
     from gandissect.demo import run_demo
 
     return run_demo(cfg)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every option's --help line shows its default (subcommand parsers are made of the parent's class)."""
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.default not in (None, [], argparse.SUPPRESS) and action.help != argparse.SUPPRESS:
+            action.help = f"{action.help or ''} (default: %(default)s)".strip()
+        return action
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gandissect", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="gandissect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"gandissect {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="keep the libraries' own notes on stderr (Lightning's "
+                                                               "tips and device lines, deprecation notes)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the main job on the built-in default and write runs/demo/")
@@ -220,16 +267,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_or_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _quiet_libraries() -> None:
+    """Lightning's tips and device lines and the deprecation notes meant for library developers, off stderr: what is
+    left there is progress, gandissect's own warnings and real problems."""
+    # a filter on the loggers Lightning's notes come from (not a level on its package logger, which its import resets)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_warning_or_worse)  # adding it again changes nothing
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
     try:
+        for flag in ("seed", "real_seed"):
+            if getattr(args, flag, None) is not None:
+                check_seed(f"--{flag.replace('_', '-')}", getattr(args, flag))
         # stdout carries the JSON result alone: progress bars and logs (Lightning writes some to stdout) go to stderr
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)
     except GandissectError as err:
         print(f"gandissect: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    print(json_text(result))
     return 0
 
 

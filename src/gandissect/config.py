@@ -29,7 +29,37 @@ def _positive(config, *names: str) -> None:
         raise ConfigError(f"{', '.join(bad)}: expected a positive integer")
 
 
-def _check_name(name: str) -> None:
+def _at_least_zero(config, *names: str) -> None:
+    bad = [f"{name}={getattr(config, name)}" for name in names if not getattr(config, name) >= 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: expected a number >= 0")
+
+
+def _above_zero(config, *names: str) -> None:
+    bad = [f"{name}={getattr(config, name)}" for name in names if not getattr(config, name) > 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: expected a number > 0")
+
+
+MAX_SEED = 2 ** 32 - 1  # world seeds go to numpy (non-negative only), latent seeds into torch's 64-bit seeds
+
+
+def check_seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name}={value}: expected a seed from 0 to {MAX_SEED}")
+
+
+def _check_seeds(config, prefix: str = "") -> None:
+    """Every ``seed`` / ``*_seed`` value of a config and its sections."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_seeds(value, f"{prefix}{f.name}.")
+        elif (f.name == "seed" or f.name.endswith("_seed")) and isinstance(value, int):
+            check_seed(prefix + f.name, value)
+
+
+def check_run_name(name: str) -> None:
     if not name or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"name={name!r}: expected a run name (a folder name under runs/, not empty, no '/')")
 
@@ -89,11 +119,19 @@ class SegmenterDataConfig:
     val_length: int = 256
     num_workers: int = 1
 
+    def __post_init__(self):
+        _positive(self, "batch_size", "val_length")
+        _at_least_zero(self, "num_workers")
+
 
 @dataclass
 class OptimConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
+
+    def __post_init__(self):
+        _above_zero(self, "lr")
+        _at_least_zero(self, "weight_decay")
 
 
 @dataclass
@@ -109,7 +147,7 @@ class SegmenterTrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
 
 
 @dataclass
@@ -128,6 +166,7 @@ class GANDataConfig:
 
     def __post_init__(self):
         _positive(self, "batch_size")
+        _at_least_zero(self, "num_workers")
 
 
 @dataclass
@@ -137,12 +176,22 @@ class GANLossConfig:
     ema_half_life: int = 10000     # images; half-life of the exponential moving average of G's weights
     ema_rampup: float = 0.05       # early on the half-life is at most this fraction of the images seen
 
+    def __post_init__(self):
+        _positive(self, "r1_interval")
+        _above_zero(self, "ema_half_life")
+        _at_least_zero(self, "r1_gamma", "ema_rampup")
+
 
 @dataclass
 class GANOptimConfig:
     g_lr: float = 2e-3
     d_lr: float = 2e-3
     betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+
+    def __post_init__(self):
+        _above_zero(self, "g_lr", "d_lr")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"betas={list(self.betas)}: expected two numbers in [0, 1)")
 
 
 @dataclass
@@ -156,6 +205,13 @@ class GANMonitorConfig:
     sample_n: int = 64
     sample_seed: int = 0
     checkpoint_every: int = 500
+
+    def __post_init__(self):
+        _at_least_zero(self, "fd_every", "sample_every")
+        _positive(self, "sample_n", "checkpoint_every")
+        if self.fd_n < 2 or self.fd_real_n < 2:
+            raise ConfigError(f"monitor.fd_n={self.fd_n}, monitor.fd_real_n={self.fd_real_n}: a Frechet distance "
+                              "needs at least 2 images on each side")
 
 
 @dataclass
@@ -173,7 +229,7 @@ class GANTrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
 
 
 @dataclass
@@ -194,7 +250,7 @@ class DemoConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         _positive(self, "n", "stats_n")
 
 
@@ -216,9 +272,11 @@ class DissectConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         if not 0 < self.quantile < 1:
             raise ConfigError(f"quantile={self.quantile}: expected a number between 0 and 1")
+        if not 0 <= self.iou_threshold < 1:
+            raise ConfigError(f"iou_threshold={self.iou_threshold}: expected a number from 0 up to (not including) 1")
         _positive(self, "n", "batch_size", "top_k", "save_every")
         if not self.layers or not all(name.strip() for name in self.layers):
             raise ConfigError(f"layers={list(self.layers)}: give at least one layer name")
@@ -254,7 +312,7 @@ class AceConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         if self.insertion not in ("mean", "quantile"):
             raise ConfigError(f"insertion must be mean or quantile, got {self.insertion!r}")
         _positive(self, "dissect_n", "constants_n", "n", "removal_units", "top_units", "steps", "batch_size",
@@ -315,6 +373,12 @@ class PlantConfig:
     units: list[int] = field(default_factory=list)   # empty: repair the generator as it is
     quantile: float = 0.97         # a planted unit paints where its upsampled map exceeds this quantile
     calibration_n: int = 512
+
+    def __post_init__(self):
+        if not 0 < self.quantile < 1 or any(unit < 0 for unit in self.units):
+            raise ConfigError(f"plant: expected 0 < quantile < 1 and unit numbers >= 0, got quantile={self.quantile}, "
+                              f"units={list(self.units)}")
+        _positive(self, "calibration_n")
 
 
 @dataclass
@@ -420,7 +484,7 @@ class RepairConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_run_name(self.name)
         for key in ("k", "candidates"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected a positive integer, or null for the default")
@@ -444,6 +508,8 @@ def _one_line(err: OmegaConfBaseException) -> str:
         return f"a config section got a single value; expected a mapping of its keys ({message})"
     if "is not a ListConfig" in message:
         message = "expected a list, e.g. [1, 2]"
+    if message.startswith("Incompatible value 'None' for field of type"):  # `--set name=` reads as null
+        message = f"no value given (empty or null); expected a {message.rpartition(' of type ')[2]} value"
     if isinstance(err, ValidationError) and key:
         return f"{key}: {message}"
     return message
@@ -460,7 +526,8 @@ def _section_keys(cls, section: str) -> list[str]:
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """Read ``path`` (YAML) onto dataclass ``cls``, then apply ``key.sub=value`` overrides; returns a ``cls``."""
+    """Read ``path`` (YAML) onto dataclass ``cls``, then apply ``key.sub=value`` overrides; returns a ``cls``.
+    Seeds (``seed``, ``*_seed`` in any section) are checked here, for all configs at once."""
     layers = [OmegaConf.structured(cls)]
     where = f"{path}: " if path is not None else ""
     if path is not None:
@@ -481,7 +548,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
+        config = OmegaConf.to_object(merged)
+        _check_seeds(config)
+        return config
     except ConfigKeyError as err:
         known = ", ".join(_section_keys(cls, (getattr(err, "full_key", "") or "").rpartition(".")[0]))
         raise ConfigError(f"{where}{_one_line(err)}; expected one of: {known}") from None

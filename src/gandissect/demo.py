@@ -8,17 +8,25 @@ import numpy as np
 import torch
 
 from gandissect.config import AceConfig, DemoConfig, DissectConfig, RepairConfig, load_config, to_dict
-from gandissect.core.runs import start_run, wandb_run
+from gandissect.core.runs import check_wandb_login, runs_root, start_run, wandb_run
 from gandissect.data import scenes
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
 from gandissect.pipelines import run_ace_pipeline, run_repair_pipeline
 from gandissect.report.html import picture, swatch, table, write_report
+from gandissect.report.repair import fd_verdict
 from gandissect.steps import intervene, repair
 from gandissect.steps.dissect import run_dissection
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    # the ACE and repair configs are read (and checked) before any work: a bad ace_set or repair_set stops the demo
+    # at once, not after the parts before it have run
+    run_dir = runs_root() / cfg.name
+    acfg = _ace_config(cfg, run_dir) if cfg.ace_config and cfg.dissect_n > 0 else None
+    rcfg = _repair_config(cfg, run_dir) if cfg.repair_config else None
+    for sub in filter(None, (acfg, rcfg)):
+        check_wandb_login(sub.wandb)
     run_dir = start_run(cfg.name, cfg)
     segmenter = SceneSegmenter.load(cfg.segmenter)
     pairs = [scenes.render_scene(cfg.seed, i, cfg.size) for i in range(cfg.n)]
@@ -41,14 +49,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     stats = scenes.world_statistics(cfg.seed, cfg.stats_n, cfg.size)
     results = {"segmenter": cfg.segmenter, "segmentation": quality, "world": stats}
     pipeline = []  # report sections of the GAN pipeline, the main job's result first
-    if cfg.repair_config:
-        results["repair"], html = _repair(cfg, run_dir)
-        pipeline.append(("Repair: artifact units switched off, proven by FD", html))
+    if rcfg is not None:
+        results["repair"], html, better = _repair(rcfg, run_dir)
+        verdict = {True: "FD better than the original", False: "FD not better than the original",
+                   None: "nothing ablated"}[better]
+        pipeline.append((f"Repair: artifact units switched off, {verdict}", html))
     if cfg.dissect_n > 0:
         results["dissection"], html = _dissect(cfg, run_dir)
         pipeline.append(("Dissection: which units draw which classes", html))
-        if cfg.ace_config:
-            results["ace"], html = _ace(cfg, run_dir)
+        if acfg is not None:
+            results["ace"], html = _ace(acfg, run_dir)
             pipeline.append((f"Intervention: which units cause {results['ace']['class']}", html))
     write_json(run_dir / "results.json", results)
 
@@ -111,12 +121,21 @@ def _dissect(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
     return summary, html
 
 
-def _ace(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
-    """The ACE of one class at the dissected layer (run_dir/ace), ranked from the demo's dissection."""
-    acfg = load_config(AceConfig, cfg.ace_config, [
+def _ace_config(cfg: DemoConfig, run_dir) -> AceConfig:
+    return load_config(AceConfig, cfg.ace_config, [
         f"name={cfg.name}-ace", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
         f"layer={cfg.dissect_layer}", f"dissection={run_dir / 'dissect'}", f"wandb.mode={cfg.wandb.mode}",
         *cfg.ace_set])
+
+
+def _repair_config(cfg: DemoConfig, run_dir) -> RepairConfig:
+    return load_config(RepairConfig, cfg.repair_config, [
+        f"name={cfg.name}-repair", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
+        f"layer={cfg.dissect_layer}", f"wandb.mode={cfg.wandb.mode}", *cfg.repair_set])
+
+
+def _ace(acfg: AceConfig, run_dir) -> tuple[dict, str]:
+    """The ACE of one class at the dissected layer (run_dir/ace), ranked from the demo's dissection."""
     result = run_ace_pipeline(acfg, run_dir=run_dir / "ace")
     removal = result["removal"]
     rows = [[f"{name.upper()} ranking", *[removal[name].get(f"at_{k}") for k in (5, 20)]] for name in ("iou", "ace")]
@@ -129,20 +148,19 @@ def _ace(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
     return {**intervene.summary(result), "report": "ace/index.html"}, html
 
 
-def _repair(cfg: DemoConfig, run_dir) -> tuple[dict, str]:
-    """Repair the shipped GAN at the dissected layer (run_dir/repair)."""
-    rcfg = load_config(RepairConfig, cfg.repair_config, [
-        f"name={cfg.name}-repair", f"generator={cfg.generator}", f"segmenter={cfg.segmenter}",
-        f"layer={cfg.dissect_layer}", f"wandb.mode={cfg.wandb.mode}", *cfg.repair_set])
+def _repair(rcfg: RepairConfig, run_dir) -> tuple[dict, str, bool | None]:
+    """Repair the shipped GAN at the dissected layer (run_dir/repair); also whether its FD is lower."""
     result = run_repair_pipeline(rcfg, run_dir=run_dir / "repair")
     fd = result["fd"]
+    verdict, better = fd_verdict(fd)
     rows = [["original", fd["original"]], ["repaired", fd["repaired"]],
             [f"random ablations (mean +- std of {len(fd['random'])})",
              f"{fd['random_mean']:.4f} +- {fd['random_std'] or 0:.4f}" if fd["random"] else None]]
     html = (f"<p>Units of {rcfg.layer} that draw what the discriminator finds fake: {result['chosen_units']}. "
             f"{fd['name']} over {fd['n']} seeded latents (the same for every generator; lower is better):</p>"
             + table(["generator", fd["name"]], rows)
+            + f"<p><b>Verdict:</b> {verdict}.</p>"
             + picture("repair/before_after.png", "rows: original, repaired, random ablation of as many units")
             + "<p>Artifact maps, unit images, the repaired checkpoint and every number: "
               "<a href='repair/index.html'>repair/index.html</a>.</p>")
-    return {**repair.summary(result, run_dir / "repair"), "report": "repair/index.html"}, html
+    return {**repair.summary(result, run_dir / "repair"), "report": "repair/index.html"}, html, better

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Iterator
 import numpy as np
 import yaml
 from PIL import Image
+
+from gandissect.errors import BadValueError
 
 
 @contextlib.contextmanager
@@ -39,12 +42,57 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def json_text(obj) -> str:
+    """JSON with every NaN or infinity written as null: most JSON parsers refuse the NaN and Infinity tokens."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float):  # numpy's float64 is a float too
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text(path, json_text(obj) + "\n")
 
 
 def write_yaml(path: str | Path, obj) -> Path:
     return write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def check_writable_dir(path: str | Path, what: str = "output directory", shown: str | Path | None = None) -> Path:
+    """Refuse in one line a directory that cannot be made or written, before any work: a probe file is created and
+    removed in it, or in its nearest existing parent when it does not exist yet (which is then left as it was).
+    ``shown``: the path the user gave, named in the message (default: ``path``)."""
+    path = Path(path)
+    shown = path if shown is None else shown
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if Path(shown) == existing else f": {existing}"
+        raise BadValueError(f"{what} {shown}{where} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gandissect-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise BadValueError(f"{what} {shown} cannot be written ({err.strerror}: {existing})") from None
+    return path
+
+
+def check_writable_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse in one line a file path that cannot be written (see ``check_writable_dir``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadValueError(f"{what} {path} is a directory; expected a file name")
+    check_writable_dir(path.parent, what, shown=path)
+    return path
 
 
 def save_image(path: str | Path, image: np.ndarray, scale: int = 1) -> Path:

@@ -11,6 +11,7 @@ The rule for files: rank 0 writes, the others read after a ``barrier`` (``rank_z
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from gandissect.config import DevicesConfig
+from gandissect.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -90,3 +92,24 @@ def build_trainer(devices: DevicesConfig, run_dir: str | Path, callbacks: list =
     return pl.Trainer(accelerator=devices.accelerator, devices=devices.devices, strategy=devices.strategy,
                       num_nodes=devices.num_nodes, precision=devices.precision, logger=logger,
                       default_root_dir=str(run_dir), callbacks=list(callbacks), **options)
+
+
+def check_devices(devices: DevicesConfig) -> None:
+    """Refuse in one line, before any work, ``devices`` settings Lightning cannot run here (an accelerator this machine
+    lacks, an unknown precision, devices of the wrong type): a Trainer is built with them, quietly, and dropped."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric", "lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)  # its "GPU available: ..." lines come when the real Trainer is built
+    try:
+        build_trainer(devices, ".", enable_progress_bar=False)
+    except (MisconfigurationException, TypeError, ValueError) as err:
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"devices (accelerator={devices.accelerator!r}, devices={devices.devices!r}, "
+                          f"strategy={devices.strategy!r}, "
+                          f"precision={devices.precision!r}): {message}") from None
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

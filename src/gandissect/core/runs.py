@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import netrc
 import os
 import struct
 import platform
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from gandissect.config import WandbConfig, to_dict
+from gandissect.errors import ConfigError
 from gandissect.io import sha256_file, write_yaml
+
+if TYPE_CHECKING:  # torch is imported where it is used: the command line imports this module for --help
+    import torch
 
 
 def runs_root() -> Path:
@@ -50,9 +55,26 @@ def model_identity(path: str | Path | None, module: torch.nn.Module | None = Non
 
 
 def machine_description() -> str:
+    import torch  # here, not at the top: the command line imports this module and answers --help without torch
+
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (GPU)"
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def check_wandb_login(settings: WandbConfig) -> None:
+    """W&B online needs an API key (WANDB_API_KEY, or the netrc entry ``wandb login`` writes): without one, refuse
+    before any work, not at the end of the run. Looks only, without the network."""
+    if settings.mode != "online" or os.environ.get("WANDB_API_KEY"):
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        login = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        login = None
+    if not login:
+        raise ConfigError(f"wandb.mode=online: no W&B login found (no WANDB_API_KEY, no netrc entry for {host}); "
+                          "run `wandb login`, or use wandb.mode=offline and `wandb sync` the run later")
 
 
 def wandb_environment(run_dir: Path, settings: WandbConfig) -> None:

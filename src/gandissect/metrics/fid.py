@@ -25,6 +25,7 @@ from torchmetrics import Metric
 from tqdm import tqdm
 
 from gandissect import defaults
+from gandissect.checkpoint import read_state_dict
 from gandissect.errors import BadValueError, CheckpointError
 from gandissect.io import atomic_path
 from gandissect.models.segmenter import SceneSegmenter
@@ -122,6 +123,8 @@ class FrechetDistance(Metric):
         if mu.shape != (self.num_features,) or sigma.shape != (self.num_features, self.num_features):
             raise BadValueError(f"real statistics have mean {mu.shape} and covariance {sigma.shape}; {self.name} "
                                 f"expects ({self.num_features},) and ({self.num_features}, {self.num_features})")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise BadValueError("real statistics hold non-finite values (NaN or Inf)")
         self._fixed_real, self._fixed_real_count = (mu, sigma), count
         self._computed = None  # torchmetrics' cached compute() result is stale now
 
@@ -224,13 +227,7 @@ def inception_state_dict(weights: str | Path | None) -> dict[str, torch.Tensor]:
         except OSError as err:
             raise CheckpointError(f"could not download pytorch-fid's Inception weights from {FID_WEIGHTS_URL} "
                                   f"({err}); fetch that file elsewhere and give its path as the weights") from None
-    path = Path(weights)
-    if not path.is_file():
-        raise CheckpointError(f"Inception weights not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many kinds for a file that is not a state dict
-        raise CheckpointError(f"Inception weights {path} are corrupt or not a PyTorch state dict ({err})") from None
+    return read_state_dict(weights, "Inception weights")
 
 
 def load_fid_inception(weights: str | Path | None = None) -> torch.nn.Module:

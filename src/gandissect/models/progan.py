@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gandissect.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
+from gandissect.checkpoint import load_state_checked, read_checkpoint, read_state_dict, save_checkpoint
 from gandissect.errors import BadValueError, CheckpointError
 
 RESOLUTIONS = tuple(2 ** k for k in range(5, 11))  # 32 .. 1024
@@ -242,14 +242,7 @@ def load_generator(source: str | Path | dict) -> ProGANGenerator:
         if path.suffix == ".safetensors":
             config, tensors = read_checkpoint(path, ProGANGenerator.ARCH)
         else:
-            if not path.is_file():
-                raise CheckpointError(f"checkpoint not found: {path}")
-            try:
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # torch raises many types for a corrupt file
-                raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch state dict ({err})") from None
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+            loaded = read_state_dict(path)
             tensors = _official_keys(loaded.get("state_dict", loaded))
             config = generator_config_from_state(tensors, name)
     model = ProGANGenerator(**config)

@@ -95,6 +95,7 @@ def write_dissection_report(run_dir: Path, result: dict) -> Path:
              f"({s['segmentation_size']}px) and compared with every class; a unit is interpretable when its best "
              f"IoU exceeds {s['iou_threshold']}. Numbers: <a href='dissect.json'>dissect.json</a>; settings: "
              f"<a href='config.yaml'>config.yaml</a>.</p>")
+    intro += "".join(f"<p><strong>Warning: {html.escape(w)}.</strong></p>" for w in result.get("warnings", []))
     categories = sorted({c for layer in result["layers"].values() for c in layer["per_category"]})
     rows = [[name, layer["units"], "x".join(map(str, layer["shape"][1:])), layer["interpretable_units"],
              *[layer["per_category"].get(c, 0) for c in categories],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -47,12 +48,26 @@ def write_pictures(generator: nn.Module, artifact_segmenter, seed: int, scales: 
                                                      columns=SHOWN), scale=2)
 
 
+def fd_verdict(fd: dict) -> tuple[str, bool | None]:
+    """The repair's FD against the original's and the random ablations', in words, and whether it is lower (None:
+    nothing was repaired)."""
+    if fd["repaired"] is None:
+        return "nothing was ablated, so there is no repair to compare", None
+    better = fd["repaired"] < fd["original"]
+    text = (f"the repaired generator's {fd['name']} is {'lower (better)' if better else 'not lower (no better)'} than "
+            f"the original's: {fd['repaired']:.4f} against {fd['original']:.4f}")
+    if fd["random"]:
+        worse = sum(value > fd["repaired"] for value in fd["random"])
+        text += f"; {worse} of {len(fd['random'])} random ablations of as many units have a higher one"
+    return text, better
+
+
 def fd_chart(fd: dict) -> np.ndarray:
     names, values, colors = ["original"], [fd["original"]], ["#888888"]
     if fd["repaired"] is not None:
         names += ["repaired", f"random (n={len(fd['random'])})"]
         values += [fd["repaired"], fd["random_mean"]]
-        colors += ["#55a868", "#c44e52"]
+        colors += ["#55a868" if fd_verdict(fd)[1] else "#c44e52", "#8c8cb4"]  # the repair's colour: its verdict
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
     ax.bar(names, values, color=colors)
     if fd["random"]:
@@ -64,6 +79,11 @@ def fd_chart(fd: dict) -> np.ndarray:
     picture = figure_array(fig)
     plt.close(fig)
     return picture
+
+
+def _share(value) -> str:
+    """A standard error as a percentage; n/a where it is undefined (one image: inf in memory, null in the JSON)."""
+    return f"{value:.3%}" if value is not None and math.isfinite(value) else "n/a"
 
 
 def _interval(values) -> str:
@@ -125,8 +145,8 @@ def artifact_map_text(art: dict) -> str:
     signal = art.get("signal")
     if signal:
         ratio = f"{signal['ratio']:.2f}x" if signal["ratio"] is not None else "n/a"
-        text += (f" It flags {signal['generated_share']:.3%} +- {signal['generated_se']:.3%} of generated pixels "
-                 f"and {signal['real_share']:.3%} +- {signal['real_se']:.3%} of held-out real ones ({signal['n']} "
+        text += (f" It flags {signal['generated_share']:.3%} +- {_share(signal['generated_se'])} of generated pixels "
+                 f"and {signal['real_share']:.3%} +- {_share(signal['real_se'])} of held-out real ones ({signal['n']} "
                  f"images each; ratio {ratio}): " + ("a signal." if signal["has_signal"] else
                                                      "<b>no signal</b> beyond the sampling noise."))
         if signal.get("d_auc") is not None:
@@ -155,6 +175,7 @@ def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
                    "(every generator draws the same latents):</p>"
                    + table(["generator", fd["name"], f"flagged pixels ({result['artifact_fraction']['n']} latents)"],
                            rows)
+                   + f"<p><b>Verdict:</b> {fd_verdict(fd)[0]}.</p>"
                    + picture("fd_chart.png", "Frechet distance: original, repaired, random ablations of as many "
                                              "units")),
         ("Before and after", picture("before_after.png", "rows: original, repaired, random ablation (same latents)")),

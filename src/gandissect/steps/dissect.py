@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from gandissect.models.segmenter import SceneSegmenter
 from gandissect.report.dissection import draw_strips, layer_chart, layers_chart, log_to_wandb, write_dissection_report
 
 BINS = 1024
+MIN_N = 100  # fewer images: a unit's 0.99 quantile rests on a handful of pixels per image and its IoU on chance
 CALIBRATION_VALUES = 65536  # per unit: enough for ~64 calibration values in each bin
 
 
@@ -245,10 +247,20 @@ def summarize(counts: dict, classes: tuple[str, ...], categories: dict[str, str]
             "iou_by_class": {c: [round(float(v), 6) for v in iou[:, i]] for i, c in enumerate(classes) if i}}
 
 
+def sample_warnings(cfg: DissectConfig) -> list[str]:
+    """What makes a dissection's numbers weak; said on stderr before the work and kept in dissect.json."""
+    if cfg.n >= MIN_N:
+        return []
+    return [f"n={cfg.n} images is below the minimum of {MIN_N} for a dissection: the per-unit thresholds and IoUs "
+            "(and which units count as interpretable) rest on too few images to be trusted"]
+
+
 def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: nn.Module | None = None,
                    segmenter=None, callbacks: list = ()) -> dict:
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    for message in sample_warnings(cfg):
+        print(f"gandissect: warning: {message}", file=sys.stderr)
     generator_id = model_identity(cfg.generator, generator)
     segmenter_id = model_identity(cfg.segmenter, segmenter)
     generator = load_generator(cfg.generator) if generator is None else generator
@@ -285,6 +297,7 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
         "layers": {},
         "timing": {"wall_s": round(module.elapsed_s(), 1), "this_run_s": round(wall, 1),
                    "machine": machine_description()},
+        "warnings": sample_warnings(cfg),
     }
     for name in module.layers:
         key = _key(name)
@@ -315,5 +328,6 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
 def summary(result: dict, run_dir: Path) -> dict:
     """What ``gandissect dissect`` prints: where the run is, and per layer the interpretable units per class."""
     return {"run_dir": str(run_dir), "report": str(run_dir / "index.html"), "wall_s": result["timing"]["wall_s"],
+            "warnings": result.get("warnings", []),
             "layers": {name: {"units": layer["units"], "interpretable_units": layer["interpretable_units"],
                               "per_class": layer["per_class"]} for name, layer in result["layers"].items()}}

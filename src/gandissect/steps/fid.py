@@ -3,17 +3,19 @@ Frechet distance of a generator's images to them (FID with pytorch-fid's Incepti
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gandissect import defaults
 from gandissect.core.latents import generated_batches
 from gandissect.core.runs import start_run
 from gandissect.data.images import folder_batches, scene_batches
-from gandissect.errors import BadValueError
+from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import write_json
 from gandissect.metrics.fid import FrechetDistance, build_fd, feed, load_statistics, save_statistics
 from gandissect.models.progan import load_generator
@@ -44,12 +46,16 @@ def run_fid_stats(data: str, n: int, out: str | Path, seed: int = 0, size: int =
     else:
         batches = folder_batches(data, n, batch_size)
     metric = _metric(backbone, weights, segmenter, device)
-    run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
-                               "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         feed(metric, batches, real=True, total=n, desc=f"{metric.name} statistics")
         mu, sigma = metric.statistics(real=True)
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise GandissectError(f"fid stats: the {metric.name} statistics of {data} came out non-finite (NaN or Inf); "
+                              "nothing was saved")
+    # the run directory is made once the statistics exist: a run that fails on the way leaves none behind
+    run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
+                               "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
     save_statistics(out, mu, sigma, name=metric.name, count=n)
     results = {"metric": metric.name, "statistics": str(out), "n": n, "data": data,
                "seed": seed if data == "scenes" else None, "num_features": metric.num_features}
@@ -79,6 +85,8 @@ def run_fid_score(checkpoint: str, stats: str | Path, n: int, seed: int = 0, bac
         feed(metric, generated_batches(generator, seed, n, batch_size), real=False, total=n,
              desc=f"{metric.name} generated")
         value = float(metric.compute())
+    if not math.isfinite(value):
+        raise GandissectError(f"fid score: the {metric.name} of {checkpoint} came out {value}; no result was saved")
     results = {"metric": metric.name, "value": value, "n": n, "seed": seed, "latent_indices": [0, n - 1],
                "checkpoint": str(checkpoint), "stats": str(stats), "real_n": real["count"]}
     return _finish(run_dir, results, caught)
