@@ -16,6 +16,7 @@ def main(run_dir: str, devices: int) -> None:
                 f"artifact.discriminator={REPO / 'checkpoints/scene_gan_discriminator.safetensors'}",
                 "plant.units=[5,40,77]", "k=3", "candidates=7", "dissect_n=96", "effect_n=32", "fd_n=112",
                 "real_n=96", "batch_size=16", "artifact.calibration_n=64", "artifact.check_n=0",
+                "artifact.require_signal=false",
                 "artifact.finetune_steps=0", "random_draws=3", "routes=[iou_effect]", "evaluation.resamples=30",
                 "evaluation.kid_subsets=5",
                 "evaluation.rules_n=32", "wandb.mode=disabled", "devices.accelerator=cpu",

@@ -259,14 +259,14 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
                    segmenter=None, callbacks: list = ()) -> dict:
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
-    for message in sample_warnings(cfg):
-        print(f"gandissect: warning: {message}", file=sys.stderr)
     generator_id = model_identity(cfg.generator, generator)
     segmenter_id = model_identity(cfg.segmenter, segmenter)
     generator = load_generator(cfg.generator) if generator is None else generator
     segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
+    for message in sample_warnings(cfg):  # after the checks: a refused run says one line, not a warning too
+        print(f"gandissect: warning: {message}", file=sys.stderr)
     start_run(cfg.name, cfg, root=run_dir)
     # inference_mode=False: a segmenter may need autograd inside labels() (the artifact segmenter's Grad-CAM)
     trainer = distributed.build_trainer(cfg.devices, run_dir, [PassProgressBar(), *callbacks],
