@@ -334,8 +334,7 @@ class ArtifactConfig:
 
     segmenter: str | None = None   # a ready artifact segmenter (.safetensors) to use instead of building one
     discriminator: str = defaults.SCENE_GAN_DISCRIMINATOR
-    method: str = "occlusion"      # the fakeness map: occlusion | gradcam | saliency | grad_x_input |
-                                   # integrated_gradients (models.artifact_segmenter; compared in bench/artifact_maps.py)
+    method: str = "occlusion"      # the fakeness map, one of ARTIFACT_MAPS (compared in bench/artifact_maps.py)
     d_layer: str = "layer3"        # the discriminator layer Grad-CAM reads (layer3: 32x32 for a 64px D)
     cell: int = 16                 # occlusion: the blurred window's side in pixels
     stride: int = 16               # occlusion: pixels between windows (< cell: overlapping windows, averaged)
@@ -447,8 +446,6 @@ class EvaluationConfig:
         if not 0 < self.level < 1 or self.rules_n < 0:
             raise ConfigError(f"evaluation: expected 0 < level < 1 and rules_n >= 0, got {self.level}, "
                               f"{self.rules_n}")
-
-
 
 
 @dataclass

@@ -24,6 +24,7 @@ from gandissect.core.latents import generated_batches, latent_batches
 from gandissect.metrics.bootstrap import FrechetToReal
 from gandissect.models.artifact_segmenter import ArtifactSegmenter
 
+
 def default_k(width: int) -> int:
     return max(1, round(0.04 * width))  # the paper ablated 20 of 512 units (3.9%)
 
