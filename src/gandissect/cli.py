@@ -12,6 +12,9 @@
     gandissect ace --config experiments/scenes/ace.yaml --class tree --layer layer4
     gandissect fid stats --data scenes --n 10000 --backbone scenes --out real.npz
     gandissect fid score --checkpoint PATH --stats real.npz --n 10000 [--backbone scenes]
+    gandissect paint [--config experiments/scenes/paint.yaml] [--port 8000] [--rate RUN]
+    gandissect paint prepare --config experiments/scenes/paint_prepare.yaml
+    gandissect rate summary RUN
 
 Each command hands its arguments to one ``run_*`` function and prints the JSON result on stdout; progress bars
 and logs go to stderr. Bad input (a missing file, an unknown key or class, a checkpoint of the wrong kind, a value
@@ -30,8 +33,8 @@ import warnings
 from pathlib import Path
 
 from gandissect import __version__, defaults
-from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
-                               SegmenterTrainConfig, check_run_name, check_seed, load_config)
+from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, PaintConfig, PaintPrepareConfig,
+                               RepairConfig, SegmenterTrainConfig, check_run_name, check_seed, load_config)
 from gandissect.core.runs import check_wandb_login, runs_root
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
@@ -155,6 +158,34 @@ def _demo(args) -> dict:
     return run_demo(cfg)
 
 
+def _paint(args):
+    if args.action == "prepare":
+        cfg = _checked(load_config(PaintPrepareConfig, args.config or defaults.PAINT_PREPARE_CONFIG, list(args.set)))
+        check_writable_file(cfg.out, "out")
+        from gandissect.pipelines import run_paint_prepare
+
+        return run_paint_prepare(cfg)
+    overrides = list(args.set)
+    for flag, key in ((args.port, "port"), (args.host, "host"), (args.rate, "rate_run")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_config(PaintConfig, args.config or defaults.PAINT_CONFIG, overrides)
+    from gandissect.steps.paint.server import serve
+
+    def announce(url: str) -> None:  # on the real stdout at once (the result JSON of other commands goes there)
+        print(json_text({"url": url, "rate": f"{url}rate" if cfg.rate_run else None}), file=sys.__stdout__,
+              flush=True)
+        print(f"gandissect: serving {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    serve(cfg, announce, log_level="info" if args.verbose else "warning")
+    return None
+
+
+def _rate(args) -> dict:
+    from gandissect.steps.paint.ratings import summarize
+
+    return summarize(args.run)
+
+
 class _Parser(argparse.ArgumentParser):
     """Every option's --help line shows its default (subcommand parsers are made of the parent's class)."""
 
@@ -264,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="default: cuda where available, else cpu")
     stats.set_defaults(func=_fid_stats)
     score.set_defaults(func=_fid_score)
+
+    p = sub.add_parser("paint", help="GANPaint in the browser: paint concepts into generated scenes (serve), or make "
+                                     "its concepts file (prepare)")
+    p.add_argument("action", nargs="?", choices=["serve", "prepare"], default="serve")
+    p.add_argument("--config", default=None, help=f"default: {defaults.PAINT_CONFIG} (serve), "
+                                                  f"{defaults.PAINT_PREPARE_CONFIG} (prepare)")
+    p.add_argument("--port", type=int, default=None, help="serve: the port (0: any free port; overrides the config)")
+    p.add_argument("--host", default=None, help="serve: the address to listen on (overrides the config)")
+    p.add_argument("--rate", default=None, metavar="RUN", help="serve: also the rating page /rate for this repair run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_paint)
+
+    p = sub.add_parser("rate", help="the human study of a repair: preference for the repaired images")
+    p.add_argument("what", choices=["summary"])
+    p.add_argument("run", help="the repair run directory whose ratings.jsonl to summarize")
+    p.set_defaults(func=_rate)
     return parser
 
 
@@ -295,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     except GandissectError as err:
         print(f"gandissect: error: {err}", file=sys.stderr)
         return 2
-    print(json_text(result))
+    if result is not None:  # None: a server, which announced itself
+        print(json_text(result))
     return 0
 
 

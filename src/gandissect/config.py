@@ -559,3 +559,62 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+@dataclass
+class PaintLimitsConfig:
+    """What one request to the paint server may hold; more is refused with a 4xx naming the field."""
+
+    max_body_bytes: int = 2_000_000
+    max_interventions: int = 32
+    max_seeds: int = 16
+
+    def __post_init__(self):
+        _positive(self, "max_body_bytes", "max_interventions", "max_seeds")
+
+
+@dataclass
+class PaintConfig:
+    """``gandissect paint``: the GANPaint server (and the rating page when ``rate_run`` names a repair run)."""
+
+    generator: str = defaults.SCENE_GAN_GENERATOR
+    segmenter: str = defaults.SCENE_SEGMENTER
+    concepts: str = defaults.PAINT_CONCEPTS
+    latent_stream: int = 0         # seed s of a request is latent s of this stream (as in a dissection of seed 0)
+    host: str = "127.0.0.1"
+    port: int = 8000               # 0: a free port (the URL is printed)
+    batching: bool = True          # gather concurrent requests into one forward (false: one at a time, as GANPaint)
+    max_batch: int = 32            # images per forward
+    wait_ms: float = 2.0           # how long the first request of a batch waits for others
+    cache_size: int = 1024         # plain samples kept per seed
+    rate_run: str | None = None    # a repair run directory: serve /rate and append to its ratings.jsonl
+    rate_seed: int = 777
+    limits: PaintLimitsConfig = field(default_factory=PaintLimitsConfig)
+
+    def __post_init__(self):
+        _positive(self, "max_batch", "cache_size")
+        _at_least_zero(self, "wait_ms")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port={self.port}: expected 0 (any free port) to 65535")
+
+
+@dataclass
+class PaintPrepareConfig:
+    """``gandissect paint prepare``: the concepts file from a dissection of the paint layers and ACE runs."""
+
+    name: str = "paint-prepare"
+    generator: str = defaults.SCENE_GAN_GENERATOR
+    segmenter: str = defaults.SCENE_SEGMENTER
+    layers: list[str] = field(default_factory=lambda: ["layer4", "layer6"])  # the first is the default layer
+    dissect_n: int = 2000
+    ace_categories: list[str] = field(default_factory=lambda: ["object", "part"])  # classes ranked by ACE
+    ace_set: list[str] = field(default_factory=list)    # key=value overrides of every ACE run's config
+    keep: int = 30                 # units kept per concept (the strongest brush may use them all)
+    out: str = defaults.PAINT_CONCEPTS
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        check_run_name(self.name)
+        _positive(self, "dissect_n", "keep")
+        if not self.layers:
+            raise ConfigError("layers: give at least one layer to paint on")

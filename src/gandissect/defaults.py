@@ -12,3 +12,6 @@ ACE_CONFIG = "experiments/scenes/ace.yaml"
 REPAIR_CONFIG = "experiments/scenes/repair.yaml"
 
 REAL_SEED = 12345  # world seed of the held-out real scenes every evaluation compares with
+PAINT_CONCEPTS = "checkpoints/scene_gan_paint_concepts.json"
+PAINT_CONFIG = "experiments/scenes/paint.yaml"
+PAINT_PREPARE_CONFIG = "experiments/scenes/paint_prepare.yaml"

@@ -4,6 +4,8 @@ command line) put one's output into another's input.
 - ``run_ace_pipeline``: the dissection that ranks the units (found, or run into ``<ace run>/dissect``), then ACE.
 - ``run_repair_pipeline``: the artifact segmenter, its dissection at the layer (``<repair run>/dissect``), then
   the repair.
+- ``run_paint_prepare``: a dissection of the paint layers, ACE runs of the object and part classes, then the
+  concepts file the paint server reads.
 
 Under several processes every process runs the same chain; a step's outputs are written by rank 0 and read by the
 others after the barrier that ends the step (``core.distributed``).
@@ -17,12 +19,15 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from gandissect.config import AceConfig, DissectConfig, RepairConfig, WandbConfig
+from gandissect.config import (AceConfig, DissectConfig, PaintPrepareConfig, RepairConfig, WandbConfig, load_config,
+                               to_dict)
 from gandissect.core import distributed
 from gandissect.core.runs import model_identity, module_digest, runs_root, start_run
+from gandissect.errors import GandissectError
 from gandissect.io import write_json
 from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
+from gandissect.steps.paint.concepts import build_concepts
 
 
 def _dissection_holds(path: Path, cfg: AceConfig, generator_id: str) -> bool:
@@ -107,3 +112,46 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segme
     if not result:  # a process other than rank 0: read what rank 0 wrote (run_dissection ends with a barrier)
         result = json.loads((dissect_dir / "dissect.json").read_text())
     return result["layers"][layer]
+
+
+def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> dict:
+    """The paint concepts file: dissect ``cfg.layers`` (into ``<run>/dissect``), run ACE for every class of
+    ``cfg.ace_categories`` at each layer (``<run>/ace-<layer>-<class>``; a finished one of the same settings is
+    reused), then write ``cfg.out`` (and ``<run>/concepts.json``)."""
+    run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    started = time.perf_counter()
+    start_run(cfg.name, cfg, root=run_dir)
+    dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
+                         layers=list(cfg.layers), n=cfg.dissect_n, seed=0, resume=True,
+                         wandb=WandbConfig(mode="disabled"))
+    run_dissection(dcfg, run_dir / "dissect")
+    dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
+    classes = [c for c in dissection["classes"] if c and dissection["categories"].get(c) in cfg.ace_categories]
+    aces, skipped = [], {}
+    for layer in cfg.layers:
+        for name in classes:
+            acfg = load_config(AceConfig, None, [f"name={cfg.name}-ace-{layer}-{name}", f"generator={cfg.generator}",
+                                                 f"segmenter={cfg.segmenter}", f"layer={layer}", f"class_name={name}",
+                                                 f"dissection={run_dir / 'dissect'}", "wandb.mode=disabled",
+                                                 *cfg.ace_set])
+            ace_dir = run_dir / f"ace-{layer}-{name}"
+            done = ace_dir / "ace.json"
+            wanted = to_dict(acfg)
+            if done.is_file() and {k: json.loads(done.read_text())["settings"].get(k) for k in wanted} == wanted:
+                aces.append(json.loads(done.read_text()))
+                continue
+            try:
+                aces.append(intervene.run_ace(acfg, run_dir / "dissect" / "dissect.json", ace_dir))
+            except GandissectError as err:  # e.g. a class the generator never draws: its IoU ranking is used
+                skipped[f"{layer}/{name}"] = str(err)
+    made_by = {"generator": cfg.generator, "generator_sha256": dissection["settings"]["generator_sha256"],
+               "segmenter": cfg.segmenter, "dissection": {"n": cfg.dissect_n, "seed": 0, "run": str(run_dir)},
+               "command": f"gandissect paint prepare --config <config> (run {cfg.name})", "ace_settings": cfg.ace_set,
+               "ace_skipped": skipped}
+    concepts = build_concepts(dissection, aces, list(cfg.layers), cfg.keep, made_by)
+    concepts["wall_s"] = round(time.perf_counter() - started, 1)
+    write_json(run_dir / "concepts.json", concepts)
+    write_json(cfg.out, concepts)
+    return {"run_dir": str(run_dir), "out": cfg.out, "concepts": len(concepts["concepts"]),
+            "strengths": {layer: entry["strengths"]["units"] for layer, entry in concepts["layers"].items()},
+            "ace_runs": len(aces), "ace_skipped": skipped, "wall_s": concepts["wall_s"]}
