@@ -608,6 +608,7 @@ class PaintPrepareConfig:
     layers: list[str] = field(default_factory=lambda: ["layer4", "layer6"])  # the first is the default layer
     dissect_n: int = 2000
     ace_categories: list[str] = field(default_factory=lambda: ["object", "part"])  # classes ranked by ACE
+    ace_layers: list[str] | None = None   # layers whose concepts get ACE rankings (null: all; others keep IoU)
     ace_set: list[str] = field(default_factory=list)    # key=value overrides of every ACE run's config
     keep: int = 30                 # units kept per concept (the strongest brush may use them all)
     out: str = defaults.PAINT_CONCEPTS

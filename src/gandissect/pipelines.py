@@ -13,6 +13,7 @@ others after the barrier that ends the step (``core.distributed``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ from gandissect.errors import GandissectError
 from gandissect.io import write_json
 from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
-from gandissect.steps.paint.concepts import build_concepts
+from gandissect.metrics.intervention import removal_curve
+from gandissect.models.progan import load_generator
+from gandissect.models.segmenter import SceneSegmenter
+from gandissect.steps.paint.concepts import build_concepts, iou_order
 
 
 def _dissection_holds(path: Path, cfg: AceConfig, generator_id: str) -> bool:
@@ -116,7 +120,7 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segme
 
 def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> dict:
     """The paint concepts file: dissect ``cfg.layers`` (into ``<run>/dissect``), run ACE for every class of
-    ``cfg.ace_categories`` at each layer (``<run>/ace-<layer>-<class>``; a finished one of the same settings is
+    ``cfg.ace_categories`` at each layer of ``cfg.ace_layers`` (``<run>/ace-<layer>-<class>``; a finished one of the same settings is
     reused), then write ``cfg.out`` (and ``<run>/concepts.json``)."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     started = time.perf_counter()
@@ -128,7 +132,7 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
     dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
     classes = [c for c in dissection["classes"] if c and dissection["categories"].get(c) in cfg.ace_categories]
     aces, skipped = [], {}
-    for layer in cfg.layers:
+    for layer in cfg.layers if cfg.ace_layers is None else [la for la in cfg.layers if la in cfg.ace_layers]:
         for name in classes:
             acfg = load_config(AceConfig, None, [f"name={cfg.name}-ace-{layer}-{name}", f"generator={cfg.generator}",
                                                  f"segmenter={cfg.segmenter}", f"layer={layer}", f"class_name={name}",
@@ -144,11 +148,19 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
                 aces.append(intervene.run_ace(acfg, run_dir / "dissect" / "dissect.json", ace_dir))
             except GandissectError as err:  # e.g. a class the generator never draws: its IoU ranking is used
                 skipped[f"{layer}/{name}"] = str(err)
+    iou_removal = {}
+    for layer in [la for la in cfg.layers if la not in {a["layer"] for a in aces}]:  # strengths without ACE runs
+        generator, segmenter = load_generator(cfg.generator).eval(), SceneSegmenter.load(cfg.segmenter)
+        for name in classes:
+            with contextlib.suppress(GandissectError):  # a class absent from every image has no curve
+                iou_removal[(layer, name)] = removal_curve(
+                    generator, segmenter, layer, iou_order(dissection["layers"][layer], name),
+                    segmenter.classes.index(name), seed=2, n=100, max_units=min(cfg.keep, 30))
     made_by = {"generator": cfg.generator, "generator_sha256": dissection["settings"]["generator_sha256"],
                "segmenter": cfg.segmenter, "dissection": {"n": cfg.dissect_n, "seed": 0, "run": str(run_dir)},
                "command": f"gandissect paint prepare --config <config> (run {cfg.name})", "ace_settings": cfg.ace_set,
                "ace_skipped": skipped}
-    concepts = build_concepts(dissection, aces, list(cfg.layers), cfg.keep, made_by)
+    concepts = build_concepts(dissection, aces, list(cfg.layers), cfg.keep, made_by, iou_removal)
     concepts["wall_s"] = round(time.perf_counter() - started, 1)
     write_json(run_dir / "concepts.json", concepts)
     write_json(cfg.out, concepts)

@@ -44,8 +44,12 @@ def strengths_from_removal(curves: list[list[float]]) -> dict:
                     + " of the most the curve reaches"}
 
 
-def build_concepts(dissection: dict, aces: list[dict], layers: list[str], keep: int, made_by: dict) -> dict:
-    """The concepts file's content from a dissect.json (with every paint layer) and ace.json results."""
+def build_concepts(dissection: dict, aces: list[dict], layers: list[str], keep: int, made_by: dict,
+                   iou_removal: dict | None = None) -> dict:
+    """The concepts file's content from a dissect.json (with every paint layer) and ace.json results; a layer
+    without ACE runs takes its brush strengths from ``iou_removal[(layer, class)]``, removal curves of IoU
+    rankings."""
+    iou_removal = iou_removal or {}
     classes = [c for c in dissection["classes"] if c]
     ace_by = {(a["layer"], a["class"]): a for a in aces}
     out_layers, concepts = {}, []
@@ -55,7 +59,10 @@ def build_concepts(dissection: dict, aces: list[dict], layers: list[str], keep: 
             raise GandissectError(f"the dissection has no layer {layer!r}; it has: {', '.join(dissection['layers'])}")
         thresholds = [d["threshold"] for d in entry["units_detail"]]
         curves = [a["removal"]["ace"]["curve"] for (lay, _), a in ace_by.items() if lay == layer]
+        if not curves:  # a layer without ACE runs: the removal curves of the IoU rankings, measured here
+            curves = [iou_removal[(layer, name)] for name in classes if (layer, name) in iou_removal]
         strengths = strengths_from_removal(curves)
+        strengths["curves_of"] = "ace rankings" if ace_by.keys() & {(layer, c) for c in classes} else "iou rankings"
         out_layers[layer] = {"shape": entry["shape"], "strengths": strengths}
         for name in classes:
             ace = ace_by.get((layer, name))
