@@ -32,7 +32,7 @@ from pathlib import Path
 from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, RepairConfig,
                                SegmenterTrainConfig, check_run_name, check_seed, load_config)
-from gandissect.core.runs import check_wandb_login, runs_root
+from gandissect.core.runs import check_run_free, check_wandb_login, release_runs, runs_root
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
 
@@ -42,6 +42,7 @@ from gandissect.io import check_writable_dir, check_writable_file, json_text
 def _run_dir(name: str) -> None:
     check_run_name(name)
     check_writable_dir(runs_root() / name, "run directory")
+    check_run_free(runs_root() / name)  # another process's run under this name: refused before any work
 
 
 def _checked(cfg):
@@ -58,6 +59,7 @@ def _checked(cfg):
 
 def _scenes(args) -> dict:
     check_writable_dir(args.out, "--out")
+    check_run_free(args.out)
     from gandissect.steps.evaluate import run_scenes
 
     return run_scenes(args.n, args.seed, args.size, args.out, args.class_name, args.stats_n)
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     except GandissectError as err:
         print(f"gandissect: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        release_runs()
     print(json_text(result))
     return 0
 

@@ -1,0 +1,107 @@
+"""Run directories that cannot be mixed up (issue "Hardening"): one owner per run directory, a finished run's
+settings kept, one W&B run per run directory, non-finite images stopped, resume after a kill at any point."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gandissect.cli import main
+
+from .conftest import REPO, SHIPPED_SEGMENTER
+
+SHIPPED_GAN = REPO / "checkpoints" / "scene_gan_generator.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def from_the_repository(monkeypatch):
+    monkeypatch.chdir(REPO)  # the default configs and checkpoints are relative paths
+
+
+def _listing(folder) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*"))
+
+
+def _one_error_line(capfd) -> str:
+    out, err = capfd.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gandissect: error: ") and out == "", err[-3000:]
+    return lines[0]
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process that owns a run directory (taken through the same API as a run), until the test ends."""
+    started = []
+
+    def hold(run_dir):
+        code = textwrap.dedent(f"""
+            import sys, time
+            from gandissect.core.runs import lock_run
+            lock_run({str(run_dir)!r})
+            print("held", flush=True)
+            sys.stdin.read()  # until the test closes stdin
+        """)
+        process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True)
+        started.append(process)
+        assert process.stdout.readline() == "held\n"
+        return process.pid
+
+    yield hold
+    for process in started:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+# (command line, the run directory it writes, relative to GANDISSECT_RUNS unless absolute)
+BUSY = [
+    ("dissect --n 8 --set name=taken", "taken"),
+    ("ace --set name=taken", "taken"),
+    ("repair --set name=taken", "taken"),
+    ("demo --set name=taken", "taken"),
+    ("train segmenter --config experiments/scenes/segmenter.yaml --set name=taken", "taken"),
+    (f"eval segmenter --checkpoint {SHIPPED_SEGMENTER} --n 2 --name taken", "taken"),
+    (f"eval gan --checkpoint {SHIPPED_GAN} --n 2 --name taken", "taken"),
+    ("fid stats --n 2 --out {tmp}/r.npz --name taken", "taken"),
+    (f"fid score --checkpoint {SHIPPED_GAN} --stats {{tmp}}/r.npz --n 2 --name taken", "taken"),
+    ("scenes --n 2 --out {tmp}/scenes", "{tmp}/scenes"),
+]
+
+
+@pytest.mark.parametrize("command, run_dir", BUSY, ids=[c.split(" --")[0].replace(" ", "-") for c, _ in BUSY])
+def test_a_second_run_under_a_taken_name_is_refused_naming_the_owner(command, run_dir, holder, isolated_runs,
+                                                                     tmp_path, capfd):
+    run_dir = run_dir.format(tmp=tmp_path)
+    run_dir = isolated_runs / run_dir if not run_dir.startswith("/") else run_dir
+    pid = holder(run_dir)
+    before = _listing(tmp_path)
+    assert main(command.format(tmp=tmp_path).split()) == 2
+    assert _one_error_line(capfd) == (f"gandissect: error: run directory {run_dir} is in use by another gandissect "
+                                      f"run (PID {pid}); wait for it to end or use another name")
+    assert _listing(tmp_path) == before  # nothing written
+
+
+def _take_in_another_process(run_dir, then="") -> subprocess.CompletedProcess:
+    code = f"from gandissect.core.runs import lock_run\nlock_run({str(run_dir)!r})\n{then}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_the_owner_is_a_process_and_the_lock_ends_with_it(tmp_path):
+    from gandissect.core.runs import lock_run, release_runs
+
+    run_dir = tmp_path / "run"
+    lock_run(run_dir)
+    lock_run(run_dir)  # again in the owning process (a step inside a pipeline): still its own
+    assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
+    refused = _take_in_another_process(run_dir)
+    assert refused.returncode == 1 and f"RunBusyError: run directory {run_dir} is in use by another gandissect run " \
+        f"(PID {os.getpid()})" in refused.stderr
+    release_runs()
+    killed = _take_in_another_process(run_dir, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -signal.SIGKILL
+    lock_run(run_dir)  # the killed owner left no stale lock behind
+    assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
