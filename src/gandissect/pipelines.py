@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from gandissect.config import AceConfig, DissectConfig, RepairConfig, WandbConfig
 from gandissect.core import distributed
-from gandissect.core.runs import model_identity, module_digest, runs_root, start_run
+from gandissect.core.runs import finish_run, model_identity, module_digest, runs_root, start_run
 from gandissect.io import write_json
 from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
@@ -81,7 +81,9 @@ def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generato
         edits = {"edited_generator": module_digest(repaired_so_far)}
         return _dissect_artifacts(cfg, repaired_so_far, segmenter, record["key"], run_dir, later,
                                   edits)["iou_by_class"]["artifact"]
-    return repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds, dissect_later_layer)
+    result = repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds, dissect_later_layer)
+    finish_run(run_dir)
+    return result
 
 
 def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segmenter_key: dict, run_dir: Path,

@@ -8,6 +8,12 @@ name refuses with one line naming that PID (``RunBusyError``) and writes nothing
 before any work too (``check_run_free``). Under several processes only the launching process (rank 0) takes the
 lock and writes the config: the processes it starts share its run directory.
 
+The settings of a finished run are never changed by a later one: an attempt writes its resolved config to
+``config.running.yaml``, and ``finish_run`` renames that to ``config.yaml`` only once the attempt has succeeded. So
+``config.yaml`` always describes the results beside it; a failed or killed attempt leaves its own settings in
+``config.running.yaml`` (the next attempt replaces it). Resuming an interrupted run does not read either file:
+the dissection compares the settings saved with its tally, training resumes from its Lightning checkpoint.
+
 The JSON files are the source of truth; W&B is the dashboard. W&B runs offline by default, with every file it
 writes (run data, cache, settings) kept inside the run directory, so nothing needs an
 account or a network; ``wandb sync runs/<name>/wandb/offline-run-*`` uploads a run later.
@@ -40,6 +46,8 @@ def runs_root() -> Path:
 
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"
+RUNNING_CONFIG_FILE = "config.running.yaml"
 
 _held: dict[Path, int] = {}  # run directories this process owns (resolved path -> descriptor of the locked file)
 
@@ -117,13 +125,21 @@ def release_runs() -> None:
 
 def start_run(name: str, config, root: str | Path | None = None) -> Path:
     """Take the run directory (``runs/<name>/`` unless ``root`` is given; ``RunBusyError`` when another process
-    has it) and save the resolved config (a config dataclass or a plain dict) there before any work starts."""
+    has it) and save this attempt's resolved config (a config dataclass or a plain dict) as config.running.yaml
+    before any work starts; ``finish_run`` makes it the run's config.yaml once the attempt has succeeded."""
     run_dir = Path(root) if root is not None else runs_root() / name
     lock_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if launch_rank_zero():
-        write_yaml(run_dir / "config.yaml", config if isinstance(config, dict) else to_dict(config))
+        write_yaml(run_dir / RUNNING_CONFIG_FILE, config if isinstance(config, dict) else to_dict(config))
     return run_dir
+
+
+def finish_run(run_dir: str | Path) -> None:
+    """The attempt succeeded: its config.running.yaml becomes the run's config.yaml (in one rename)."""
+    running = Path(run_dir) / RUNNING_CONFIG_FILE
+    if launch_rank_zero() and running.exists():
+        os.replace(running, Path(run_dir) / CONFIG_FILE)
 
 
 def module_digest(module: torch.nn.Module) -> str:

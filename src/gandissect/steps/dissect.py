@@ -31,7 +31,7 @@ from gandissect.config import DissectConfig, to_dict
 from gandissect.core import distributed
 from gandissect.core.hooks import NetHook, layer_shapes
 from gandissect.core.latents import LatentBatches, latent_batches
-from gandissect.core.runs import machine_description, model_identity, runs_root, start_run
+from gandissect.core.runs import finish_run, machine_description, model_identity, runs_root, start_run
 from gandissect.core.tally import TallyFile
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts
@@ -322,6 +322,7 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
         save_image(run_dir / "chart_layers.png", layers_chart(result))
     write_dissection_report(run_dir, result)
     log_to_wandb(run_dir, cfg.wandb, cfg.name, to_dict(cfg), result)
+    finish_run(run_dir)
     return result
 
 

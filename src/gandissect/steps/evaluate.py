@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from gandissect import defaults
 from gandissect.core.latents import generate
-from gandissect.core.runs import start_run
+from gandissect.core.runs import finish_run, start_run
 from gandissect.data import scenes
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import figure_array, image_grid, save_image, write_json
@@ -116,6 +116,7 @@ def run_scenes(n: int, seed: int, size: int, out: str | Path, class_name: str | 
     stats["shown_indices"] = [p[0] for p in pairs]
     stats["legend"] = {name: scenes.LABEL_COLORS[i].tolist() for i, name in enumerate(scenes.CLASSES) if i}
     write_json(out / "statistics.json", stats)
+    finish_run(out)
     return {"out": str(out), "images": str(out / "scenes.png"), "statistics": str(out / "statistics.json")}
 
 
@@ -128,6 +129,7 @@ def run_eval_segmenter(checkpoint: str, n: int, seed: int, size: int, name: str)
     results = evaluate_segmenter(segmenter, seed, n, size)
     results["checkpoint"] = str(checkpoint)
     write_json(run_dir / "results.json", results)
+    finish_run(run_dir)
     return results
 
 
@@ -144,6 +146,7 @@ def run_eval_gan(checkpoint: str, n: int, seed: int, real_seed: int = defaults.R
     save_image(run_dir / "shares.png", shares_chart(results))
     save_image(run_dir / "samples.png", sample_grid(generator, seed), scale=2)
     write_json(run_dir / "results.json", results)
+    finish_run(run_dir)
     return {**results, "run_dir": str(run_dir)}
 
 

@@ -13,7 +13,7 @@ import torch
 
 from gandissect import defaults
 from gandissect.core.latents import generated_batches
-from gandissect.core.runs import start_run
+from gandissect.core.runs import finish_run, start_run
 from gandissect.data.images import folder_batches, scene_batches
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import write_json
@@ -32,6 +32,7 @@ def _finish(run_dir: Path, results: dict, caught: list) -> dict:
     for message in results["warnings"]:
         print(f"gandissect: warning: {message}", file=sys.stderr)
     write_json(run_dir / "results.json", results)
+    finish_run(run_dir)
     return {**results, "run_dir": str(run_dir)}
 
 

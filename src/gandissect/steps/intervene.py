@@ -22,7 +22,7 @@ from gandissect.config import AceConfig, to_dict
 from gandissect.core import distributed
 from gandissect.core.hooks import edited_images, layer_shape
 from gandissect.core.latents import LatentBatches, seeded_latents
-from gandissect.core.runs import model_identity, runs_root, start_run, wandb_logger
+from gandissect.core.runs import finish_run, model_identity, runs_root, start_run, wandb_logger
 from gandissect.errors import GandissectError
 from gandissect.metrics.intervention import (ace, cell_fraction, class_mask, class_weighted_means, context_table,
                                              pixel_region, removal_curve)
@@ -226,6 +226,7 @@ def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None,
                    "processes": trainer.world_size},
     })
     write_ace_report(cfg, run_dir, result, logger, generator.cpu(), constants, module.grid_latents.cpu())
+    finish_run(run_dir)
     return result
 
 
