@@ -16,7 +16,8 @@ the dissection compares the settings saved with its tally, training resumes from
 
 The JSON files are the source of truth; W&B is the dashboard. W&B runs offline by default, with every file it
 writes (run data, cache, settings) kept inside the run directory, so nothing needs an
-account or a network; ``wandb sync runs/<name>/wandb/offline-run-*`` uploads a run later.
+account or a network; ``wandb sync runs/<name>/wandb/offline-run-*`` uploads a run later. The run's W&B id is kept
+in ``wandb_id.txt``, so a rerun under the same name continues the same W&B run instead of adding another.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import netrc
 import os
 import struct
 import platform
+import secrets
+import string
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +38,7 @@ from urllib.parse import urlparse
 
 from gandissect.config import WandbConfig, to_dict
 from gandissect.errors import ConfigError, GandissectError
-from gandissect.io import sha256_file, write_yaml
+from gandissect.io import sha256_file, write_text, write_yaml
 
 if TYPE_CHECKING:  # torch is imported where it is used: the command line imports this module for --help
     import torch
@@ -180,6 +183,9 @@ def check_wandb_login(settings: WandbConfig) -> None:
                           "run `wandb login`, or use wandb.mode=offline and `wandb sync` the run later")
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
 def wandb_environment(run_dir: Path, settings: WandbConfig) -> None:
     """Point every W&B directory into the run directory and set its mode."""
     base = str(run_dir.resolve())
@@ -190,8 +196,21 @@ def wandb_environment(run_dir: Path, settings: WandbConfig) -> None:
     os.environ.setdefault("WANDB_CONSOLE", "off")
 
 
+def wandb_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory: made by its first run and kept in wandb_id.txt, so that a rerun under
+    the same name continues that W&B run instead of adding another."""
+    path = run_dir / WANDB_ID_FILE
+    saved = path.read_text().strip() if path.is_file() else ""
+    if saved:
+        return saved
+    made = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as W&B makes them
+    if launch_rank_zero():
+        write_text(path, made + "\n")
+    return made
+
+
 def wandb_logger(run_dir: Path, settings: WandbConfig, name: str, config: dict):
-    """A Lightning WandbLogger for this run, or None when W&B is disabled.
+    """A Lightning WandbLogger for this run (the run directory's W&B run, resumed), or None when W&B is disabled.
 
     ``WandbLogger(offline=True)`` refuses ``log_model``; setting WANDB_MODE=offline and leaving
     ``offline=False`` gives the same offline run without that restriction.
@@ -202,18 +221,19 @@ def wandb_logger(run_dir: Path, settings: WandbConfig, name: str, config: dict):
 
     wandb_environment(run_dir, settings)
     return WandbLogger(name=name, project=settings.project, entity=settings.entity, save_dir=str(run_dir),
-                       config=config, offline=False)
+                       config=config, offline=False, id=wandb_id(run_dir), resume="allow")
 
 
 def wandb_run(run_dir: Path, settings: WandbConfig, name: str, config: dict):
-    """A plain ``wandb`` run for commands that are not trained by Lightning (None when disabled)."""
+    """A plain ``wandb`` run for commands that are not trained by Lightning (the run directory's W&B run, resumed;
+    None when disabled)."""
     if settings.mode == "disabled":
         return None
     import wandb
 
     wandb_environment(run_dir, settings)
     return wandb.init(project=settings.project, entity=settings.entity, name=name, dir=str(run_dir),
-                      config=config, reinit="finish_previous")
+                      config=config, reinit="finish_previous", id=wandb_id(run_dir), resume="allow")
 
 
 def read_offline_history(run_dir: str | Path) -> list[dict]:
