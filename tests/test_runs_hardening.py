@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from gandissect.cli import main
+from gandissect.core.runs import read_offline_history
 
 from .conftest import REPO, SHIPPED_SEGMENTER
 
@@ -19,6 +20,16 @@ SHIPPED_GAN = REPO / "checkpoints" / "scene_gan_generator.safetensors"
 @pytest.fixture(autouse=True)
 def from_the_repository(monkeypatch):
     monkeypatch.chdir(REPO)  # the default configs and checkpoints are relative paths
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small untrained generator (16 units in layer4: a dissection of it takes well under a second)."""
+    from gandissect.models.progan import ProGANGenerator
+
+    path = tmp_path_factory.mktemp("tiny") / "g.safetensors"
+    ProGANGenerator(64, widths=[16, 16, 16, 16, 8, 8, 8, 8, 8, 8], latent_dim=8).save(path)
+    return path
 
 
 def _listing(folder) -> list[str]:
@@ -105,3 +116,20 @@ def test_the_owner_is_a_process_and_the_lock_ends_with_it(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     lock_run(run_dir)  # the killed owner left no stale lock behind
     assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_rerun_continues_the_same_wandb_run_and_leaves_no_empty_staging_folders(tiny, isolated_runs, capfd):
+    run_dir = isolated_runs / "twice"
+    for _ in range(2):
+        assert main(["dissect", "--n", "8", "--set", "top_k=1", "--set", "name=twice", "--set", f"generator={tiny}",
+                     "--set", "wandb.mode=offline"]) == 0, capfd.readouterr().err[-3000:]
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    offline = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), (run_id, offline)
+    assert len(read_offline_history(run_dir)) == 2  # both attempts' rows, in the one W&B run
+    # W&B's artifact staging area (copies of the logged tables, for `wandb sync`) is inside wandb/, and W&B left
+    # no empty folder there
+    assert not (run_dir / "artifacts").exists()
+    staged = list((run_dir / "wandb" / "artifacts" / "staging").iterdir())
+    assert staged and all(p.is_file() or any(p.iterdir()) for p in staged)
+    assert not [p for p in run_dir.rglob("*") if p.is_dir() and "staging" in str(p) and not any(p.iterdir())]

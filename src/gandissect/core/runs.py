@@ -187,10 +187,15 @@ WANDB_ID_FILE = "wandb_id.txt"
 
 
 def wandb_environment(run_dir: Path, settings: WandbConfig) -> None:
-    """Point every W&B directory into the run directory and set its mode."""
-    base = str(run_dir.resolve())
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        os.environ[var] = base
+    """Point every W&B directory into the run directory and set its mode.
+
+    Its data and artifact directories go under ``wandb/`` beside the runs: the staging area there keeps a copy of
+    every table a run logs (``wandb/artifacts/staging/tmp*``), which ``wandb sync`` uploads later."""
+    base = run_dir.resolve()
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        os.environ[var] = str(base)
+    for var in ("WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        os.environ[var] = str(base / "wandb")
     os.environ["WANDB_MODE"] = settings.mode
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -207,6 +212,23 @@ def wandb_id(run_dir: Path) -> str:
     if launch_rank_zero():
         write_text(path, made + "\n")
     return made
+
+
+def finish_wandb(run, run_dir: Path) -> None:
+    """End a W&B run and remove the empty folders W&B leaves in its artifact staging area (a staged file is kept:
+    ``wandb sync`` uploads it)."""
+    run.finish()
+    if not launch_rank_zero():  # the processes Lightning started have no W&B run of their own
+        return
+    for staging in (run_dir / "wandb" / "artifacts" / "staging", run_dir / "artifacts" / "staging"):
+        if not staging.is_dir():
+            continue
+        for folder in staging.glob("tmp*"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        for folder in (staging, staging.parent):  # artifacts/staging, then artifacts, when nothing is left there
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def wandb_logger(run_dir: Path, settings: WandbConfig, name: str, config: dict):
