@@ -133,3 +133,62 @@ def test_a_rerun_continues_the_same_wandb_run_and_leaves_no_empty_staging_folder
     staged = list((run_dir / "wandb" / "artifacts" / "staging").iterdir())
     assert staged and all(p.is_file() or any(p.iterdir()) for p in staged)
     assert not [p for p in run_dir.rglob("*") if p.is_dir() and "staging" in str(p) and not any(p.iterdir())]
+
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory):
+    """A generator whose weights are all finite but whose images overflow to Inf/NaN (its RGB conv weights are 3e38),
+    and FD-scenes statistics to score it against."""
+    import numpy as np
+    import torch
+
+    from gandissect.models.progan import ProGANGenerator
+    from gandissect.models.segmenter import SceneSegmenter
+
+    made = tmp_path_factory.mktemp("overflowing")
+    generator = ProGANGenerator(64, widths=[16, 16, 16, 16, 8, 8, 8, 8, 8, 8], latent_dim=8)
+    with torch.no_grad():
+        generator.output_64x64.conv.weight.fill_(3e38)
+    generator.save(made / "inf.safetensors")
+    features = SceneSegmenter.load(SHIPPED_SEGMENTER).widths[-1]
+    np.savez(made / "real.npz", mu=np.zeros(features), sigma=np.eye(features))
+    return made
+
+
+TINY_REPAIR = ("--set layer=layer4 --set k=1 --set dissect_n=8 --set effect_n=4 --set fd_n=8 --set real_n=8 "
+               "--set artifact.finetune_steps=1 --set artifact.calibration_n=8 --set artifact.check_n=4")
+# (the step named, its command line); every run is refused with the same line and leaves no result
+NON_FINITE = [
+    ("generate", "generate --checkpoint {inf} --n 4 --out {tmp}/g.png"),
+    ("eval gan", "eval gan --checkpoint {inf} --n 4 --name bad"),
+    ("fid score", "fid score --checkpoint {inf} --stats {real} --n 4 --name bad"),
+    ("dissect", "dissect --n 8 --set generator={inf} --set name=bad --set wandb.mode=disabled"),
+    ("repair", "repair --set generator={inf} --set name=bad --set wandb.mode=disabled " + TINY_REPAIR),
+]
+RESULTS = {"results.json", "dissect.json", "repair.json", "config.yaml", "g.png", "g.json", "index.html"}
+
+
+@pytest.mark.parametrize("step, command", NON_FINITE, ids=[step.replace(" ", "-") for step, _ in NON_FINITE])
+def test_non_finite_images_stop_the_run_naming_the_step(step, command, overflowing, isolated_runs, tmp_path, capfd):
+    inf = overflowing / "inf.safetensors"
+    argv = command.format(inf=inf, real=overflowing / "real.npz", tmp=tmp_path).split()
+    assert main(argv) == 2
+    out, err = capfd.readouterr()
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert out == "" and errors == [err.splitlines()[-1]], err[-3000:]  # one error line, the last, on its own
+    assert errors[0] == (f"gandissect: error: {step}: generator {inf} made non-finite images (NaN or Inf) from finite "
+                         "weights (its values overflow); stopped before any result was written")
+    assert not [p for p in tmp_path.rglob("*") if p.name in RESULTS]
+
+
+def test_a_failed_rerun_leaves_the_finished_runs_settings_and_results(tiny, overflowing, isolated_runs, capfd):
+    run_dir = isolated_runs / "kept"
+    common = ["dissect", "--n", "8", "--set", "name=kept", "--set", "top_k=1", "--set", "wandb.mode=disabled"]
+    assert main([*common, "--set", f"generator={tiny}"]) == 0, capfd.readouterr().err[-3000:]
+    config, result = (run_dir / "config.yaml").read_text(), (run_dir / "dissect.json").read_text()
+    assert f"generator: {tiny}" in config and not (run_dir / "config.running.yaml").exists()
+    inf = overflowing / "inf.safetensors"
+    assert main([*common, "--set", f"generator={inf}", "--set", "resume=false"]) == 2  # fails in its second pass
+    assert "dissect: generator" in capfd.readouterr().err
+    assert (run_dir / "config.yaml").read_text() == config and (run_dir / "dissect.json").read_text() == result
+    assert f"generator: {inf}" in (run_dir / "config.running.yaml").read_text()  # the failed attempt's own settings

@@ -283,6 +283,13 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
+def _close_progress_bars() -> None:
+    """End the progress bars a run stopped in the middle of, so that its error line stands on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
@@ -295,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)
     except GandissectError as err:
+        _close_progress_bars()
         print(f"gandissect: error: {err}", file=sys.stderr)
         return 2
     finally:

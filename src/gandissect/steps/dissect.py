@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from gandissect.config import DissectConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import NetHook, layer_shapes
+from gandissect.core.hooks import NetHook, layer_shapes, stop_on_non_finite
 from gandissect.core.latents import LatentBatches, latent_batches
 from gandissect.core.runs import finish_run, machine_description, model_identity, runs_root, start_run
 from gandissect.core.tally import TallyFile
@@ -261,7 +261,8 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     generator_id = model_identity(cfg.generator, generator)
     segmenter_id = model_identity(cfg.segmenter, segmenter)
-    generator = load_generator(cfg.generator) if generator is None else generator
+    generator = stop_on_non_finite(load_generator(cfg.generator), "dissect", cfg.generator) if generator is None \
+        else generator
     segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)

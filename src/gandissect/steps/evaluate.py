@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from gandissect import defaults
+from gandissect.core.hooks import stop_on_non_finite
 from gandissect.core.latents import generate
 from gandissect.core.runs import finish_run, start_run
 from gandissect.data import scenes
@@ -137,7 +138,7 @@ def run_eval_gan(checkpoint: str, n: int, seed: int, real_seed: int = defaults.R
                  segmenter: str = defaults.SCENE_SEGMENTER, name: str = "eval-gan") -> dict:
     """Class pixel shares and FD-scenes of ``n`` generated vs ``n`` real scenes; shares.png and samples.png."""
     _positive(n=n)
-    generator = load_generator(checkpoint)
+    generator = stop_on_non_finite(load_generator(checkpoint), "eval gan", checkpoint)
     scene_segmenter = SceneSegmenter.load(segmenter)
     run_dir = start_run(name, {"command": "eval gan", "checkpoint": str(checkpoint), "n": n, "seed": seed,
                                "real_seed": real_seed, "segmenter": segmenter})
@@ -153,7 +154,7 @@ def run_eval_gan(checkpoint: str, n: int, seed: int, real_seed: int = defaults.R
 def run_generate(checkpoint: str, n: int, seed: int, out: str | Path, columns: int = 8, scale: int = 2) -> dict:
     """A grid of the images of latents 0..n-1 of stream ``seed``, saved at ``out``; its settings beside it."""
     _positive(n=n, columns=columns, scale=scale)
-    generator = load_generator(checkpoint)
+    generator = stop_on_non_finite(load_generator(checkpoint), "generate", checkpoint)
     out = Path(out)
     save_image(out, sample_grid(generator, seed, n, columns), scale=scale)
     record = {"checkpoint": str(checkpoint), "seed": seed, "n": n, "latent_indices": [0, n - 1],

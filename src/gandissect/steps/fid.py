@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gandissect import defaults
+from gandissect.core.hooks import stop_on_non_finite
 from gandissect.core.latents import generated_batches
 from gandissect.core.runs import finish_run, start_run
 from gandissect.data.images import folder_batches, scene_batches
@@ -71,7 +72,8 @@ def run_fid_score(checkpoint: str, stats: str | Path, n: int, seed: int = 0, bac
         raise BadValueError(f"--n {n}, --batch-size {batch_size}: a distance needs n >= 2 images and batches of >= 1")
     real = load_statistics(stats)
     metric = _metric(backbone, weights, segmenter, device)
-    generator = load_generator(checkpoint).eval().to(metric.real_sum.device)
+    generator = stop_on_non_finite(load_generator(checkpoint), "fid score", checkpoint)
+    generator = generator.eval().to(metric.real_sum.device)
     if real["name"] is not None and real["name"] != metric.name:
         raise BadValueError(f"statistics file {stats} holds {real['name']} statistics; backbone {backbone!r} gives "
                             f"{metric.name}")
