@@ -1,6 +1,7 @@
 """Run directories that cannot be mixed up (issue "Hardening"): one owner per run directory, a finished run's
 settings kept, one W&B run per run directory, non-finite images stopped, resume after a kill at any point."""
 
+import json
 import os
 import signal
 import subprocess
@@ -192,3 +193,24 @@ def test_a_failed_rerun_leaves_the_finished_runs_settings_and_results(tiny, over
     assert "dissect: generator" in capfd.readouterr().err
     assert (run_dir / "config.yaml").read_text() == config and (run_dir / "dissect.json").read_text() == result
     assert f"generator: {inf}" in (run_dir / "config.running.yaml").read_text()  # the failed attempt's own settings
+
+
+TINY_ACE = ["--set", "steps=2", "--set", "batch_size=4", "--set", "constants_n=8", "--set", "n=8",
+            "--set", "removal_units=2", "--set", "top_units=2", "--set", "init_units=2", "--set", "log_every=1"]
+
+
+def test_an_ace_ranking_survives_a_rerun_of_its_dissection(tiny, isolated_runs, capfd):
+    """ACE keeps its <class>-ace ranking in its own ace.json and writes nothing into the dissection it reads, so
+    rerunning that dissection (resumed, or from scratch) cannot take the ranking away."""
+    dissect = ["dissect", "--n", "8", "--set", "name=d", "--set", "top_k=1", "--set", f"generator={tiny}",
+               "--set", "wandb.mode=disabled"]
+    assert main(dissect) == 0, capfd.readouterr().err[-3000:]
+    assert main(["ace", "--set", "name=a", "--set", "dissection=d", "--set", f"generator={tiny}",
+                 "--set", "wandb.mode=disabled", *TINY_ACE]) == 0, capfd.readouterr().err[-3000:]
+    ace = json.loads((isolated_runs / "a" / "ace.json").read_text())
+    assert ace["ranking"]["name"] == "tree-ace" and sorted(ace["ranking"]["units"]) == list(range(16))
+    assert ace["settings"]["dissection"] == str(isolated_runs / "d" / "dissect.json")
+    for again in ([], ["--set", "resume=false"]):
+        assert main(dissect + again) == 0, capfd.readouterr().err[-3000:]
+        assert "ace" not in (isolated_runs / "d" / "dissect.json").read_text()
+        assert json.loads((isolated_runs / "a" / "ace.json").read_text()) == ace
