@@ -1,19 +1,23 @@
 """Run directories that cannot be mixed up (issue "Hardening"): one owner per run directory, a finished run's
 settings kept, one W&B run per run directory, non-finite images stopped, resume after a kill at any point."""
 
+import concurrent.futures
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
+import torch
 
 from gandissect.cli import main
 from gandissect.core.runs import read_offline_history
 
-from .conftest import REPO, SHIPPED_SEGMENTER
+from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 
 SHIPPED_GAN = REPO / "checkpoints" / "scene_gan_generator.safetensors"
 
@@ -214,3 +218,66 @@ def test_an_ace_ranking_survives_a_rerun_of_its_dissection(tiny, isolated_runs, 
         assert main(dissect + again) == 0, capfd.readouterr().err[-3000:]
         assert "ace" not in (isolated_runs / "d" / "dissect.json").read_text()
         assert json.loads((isolated_runs / "a" / "ace.json").read_text()) == ace
+
+
+def _dissect_argv(name: str, generator) -> list[str]:
+    return ["dissect", "--n", "32", "--layers", "layer4", "--checkpoint", str(generator), "--set", "batch_size=8",
+            "--set", "save_every=1", "--set", "top_k=2", "--set", "wandb.mode=disabled", "--name", name]
+
+
+def _without_timing(result: dict) -> dict:
+    return {key: value for key, value in result.items() if key != "timing"}
+
+
+def _kill_at(run_dir, process, saves: int, delay: float) -> str:
+    """SIGKILL the run ``delay`` seconds after it has saved its tally ``saves`` times (0: as soon as it has begun its
+    passes); returns where the tally it left had got to."""
+    tally, seen, last = run_dir / "tally.pt", 0, None
+    deadline = time.monotonic() + 300
+    while not (run_dir / "config.running.yaml").exists() or seen < saves:
+        assert process.poll() is None, "the run ended before it was killed"
+        assert time.monotonic() < deadline, "the run did not get there"
+        if tally.exists():
+            version = tally.stat().st_ino  # each save renames a new file into place
+            seen, last = seen + (version != last), version
+        time.sleep(0.001)
+    time.sleep(delay)
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    return torch.load(tally, weights_only=True)["phase"] if tally.exists() else "no tally yet"
+
+
+def test_a_dissection_killed_at_random_points_resumes_to_the_uninterrupted_result(tiny, isolated_runs, tmp_path,
+                                                                                  capfd):
+    """Three runs of the command line, each SIGKILLed at a seeded random point of its passes (it saves its tally
+    after every batch, 4 per pass, and at the end of each pass), then resumed by the same command: dissect.json
+    (thresholds, top images, the IoU of every unit with every class) equals an uninterrupted run's."""
+    assert main(_dissect_argv("whole", tiny)) == 0, capfd.readouterr().err[-3000:]
+    whole = _without_timing(json.loads((isolated_runs / "whole" / "dissect.json").read_text()))
+    processes = {seed: subprocess.Popen([console_script(), *_dissect_argv(f"cut{seed}", tiny)], cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"cut{seed}.err", "w"))
+                 for seed in range(3)}
+    with concurrent.futures.ThreadPoolExecutor(len(processes)) as pool:  # the three at once: one startup's time
+        kills = {seed: pool.submit(_kill_at, isolated_runs / f"cut{seed}", process, random.Random(seed).randint(0, 7),
+                                   random.Random(seed).uniform(0, 0.1)) for seed, process in processes.items()}
+        stopped_in = {seed: kill.result() for seed, kill in kills.items()}
+    assert not any((isolated_runs / f"cut{seed}" / "config.yaml").exists() for seed in processes)
+    for seed in stopped_in:
+        assert main(_dissect_argv(f"cut{seed}", tiny)) == 0, capfd.readouterr().err[-3000:]
+        resumed = json.loads((isolated_runs / f"cut{seed}" / "dissect.json").read_text())
+        assert _without_timing(resumed) == whole, (seed, stopped_in[seed])
+
+
+def test_two_runs_started_at_once_under_one_name_one_runs_and_the_other_is_refused(tiny, isolated_runs, tmp_path):
+    argv = [console_script(), *_dissect_argv("both", tiny)]
+    errs = [tmp_path / f"{i}.err" for i in range(2)]
+    processes = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
+                 for err in errs]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert sorted(process.returncode for process in processes) == [0, 2], [err.read_text()[-2000:] for err in errs]
+    ran = 0 if processes[0].returncode == 0 else 1
+    assert json.loads(outputs[ran])["run_dir"] == str(isolated_runs / "both") and outputs[1 - ran] == ""
+    assert errs[1 - ran].read_text() == (f"gandissect: error: run directory {isolated_runs / 'both'} is in use by "
+                                         f"another gandissect run (PID {processes[ran].pid}); wait for it to end or "
+                                         "use another name\n")
+    assert (isolated_runs / "both" / "config.yaml").is_file() and (isolated_runs / "both" / "dissect.json").is_file()

@@ -266,9 +266,9 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
-    for message in sample_warnings(cfg):  # after the checks: a refused run says one line, not a warning too
-        print(f"gandissect: warning: {message}", file=sys.stderr)
     start_run(cfg.name, cfg, root=run_dir)
+    for message in sample_warnings(cfg):  # after the checks and the lock: a refused run says one line, no warning
+        print(f"gandissect: warning: {message}", file=sys.stderr)
     # inference_mode=False: a segmenter may need autograd inside labels() (the artifact segmenter's Grad-CAM)
     trainer = distributed.build_trainer(cfg.devices, run_dir, [PassProgressBar(), *callbacks],
                                         use_distributed_sampler=False, inference_mode=False)
