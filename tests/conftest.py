@@ -22,7 +22,10 @@ def isolated_runs(tmp_path, monkeypatch):
         else:
             monkeypatch.delenv(var, raising=False)
     # monkeypatch restores each of these at teardown, also when wandb_environment() changed them meanwhile.
-    return tmp_path / "runs"
+    yield tmp_path / "runs"
+    from gandissect.core.runs import release_runs
+
+    release_runs()  # the run directories steps called in this process took, as the end of a command would
 
 
 def console_script() -> str:

@@ -43,6 +43,7 @@ def made(tmp_path_factory):
     generator.save(made / "nan.safetensors")
     torch.save(generator.state_dict(), made / "nan.pth")
     (made / "afile").write_text("not a folder\n")
+    (made / "scenes.yaml").write_text("n: 0\nstats_n: 5\n")
     (made / "adir").mkdir()
     (made / "adir.json").mkdir()  # where `generate --out adir.png` would write its record
     for folder, sizes in (("truncated", [16, 16, 16]), ("mixed", [16, 16, 8])):
@@ -135,6 +136,28 @@ CASES = [
     ("demo-online-in-ace-set", ["demo", "--set", "ace_set=[wandb.mode=online]"], NO_LOGIN, ["no W&B login"]),
     ("wandb-online-train", "train segmenter --config {segyaml} --set wandb.mode=online", NO_LOGIN,
      ["no W&B login"]),
+    # the common flags set the same keys everywhere; every command takes --config and --set
+    ("ace-n-0", "ace --n 0", {}, ["n=0: expected a positive integer"]),
+    ("ace-seed-negative", "ace --seed -1", {}, ["--seed=-1: expected a seed"]),
+    ("repair-n-is-fd-n", "repair --n 0", {}, ["fd_n=0: expected a positive integer"]),
+    ("repair-seed-is-fd-seed", "repair --seed 5000000000", {}, ["fd_seed=5000000000: expected a seed"]),
+    ("demo-n-0", "demo --n 0", {}, ["n=0: expected a positive integer"]),
+    ("train-seed-negative", "train gan --config {ganyaml} --seed -3", {}, ["--seed=-3: expected a seed"]),
+    ("dissect-checkpoint", "dissect --checkpoint {in}/nan.safetensors", {}, ["nan.safetensors holds non-finite"]),
+    ("ace-checkpoint", "ace --checkpoint {in}/nan.safetensors", {}, ["nan.safetensors holds non-finite"]),
+    ("repair-checkpoint", "repair --checkpoint {in}/nan.safetensors", {}, ["nan.safetensors holds non-finite"]),
+    ("dissect-layer-alias", "dissect --layer layer99 --checkpoint {gen}", {}, ["unknown layer 'layer99'", "layer4"]),
+    ("scenes-config-n-0", "scenes --config {in}/scenes.yaml --out {tmp}/s", {}, ["--n 0: expected a positive"]),
+    ("scenes-set-unknown-key", "scenes --set colour=red --out {tmp}/s", {},
+     ["unknown config key colour", "expected one of: n, seed, size, out, class_name, stats_n"]),
+    ("scenes-no-out", "scenes --n 2", {}, ["--out required (or out in --config / --set)"]),
+    ("generate-set-n-abc", "generate --checkpoint {gen} --set n=abc --out {tmp}/g.png", {}, ["n: Value 'abc'"]),
+    ("generate-no-checkpoint-no-out", "generate --n 2", {}, ["--checkpoint, --out required"]),
+    ("eval-gan-config-missing", "eval gan --config {tmp}/none.yaml --checkpoint {gen}", {},
+     ["config file not found: {tmp}/none.yaml"]),
+    ("eval-segmenter-set-n-0", "eval segmenter --checkpoint {seg} --set n=0", {}, ["--n 0: expected a positive"]),
+    ("fid-stats-set-out-is-dir", "fid stats --n 2 --set out={in}/adir", {}, ["--out {in}/adir is a directory"]),
+    ("fid-score-no-stats", "fid score --checkpoint {gen}", {}, ["--stats required"]),
 ]
 
 
@@ -328,3 +351,61 @@ def test_the_demo_titles_its_repair_by_the_verdict(repaired, title, isolated_run
     html = (isolated_runs / "demo" / "index.html").read_text()
     assert f"Repair: artifact units switched off, {title}" in html and "proven by FD" not in html
     assert "<b>Verdict:</b> the repaired generator's FD-scenes is" in html
+
+
+def _commands(parser, prefix=""):
+    """Every leaf command of the parser, as ("eval gan", its parser)."""
+    import argparse
+
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    own = [(prefix.strip(), parser)] if not subparsers or not subparsers[0].required else []  # `paint` runs alone too
+    if not subparsers:
+        return own
+    return own + [found for name, sub in subparsers[0].choices.items() for found in _commands(sub, f"{prefix} {name}")]
+
+
+ALL = {"demo", "dissect", "ace", "repair", "scenes", "train segmenter", "train gan", "eval segmenter", "eval gan",
+       "generate", "fid stats", "fid score", "paint", "paint prepare", "rate summary"}
+COMMON = {  # flag: the commands that take it (the others have no such setting)
+    "--config": ALL, "--set": ALL, "--seed": ALL - {"paint", "paint prepare", "rate summary"},
+    "--n": ALL - {"train segmenter", "train gan", "paint", "rate summary"},
+    "--name": ALL - {"scenes", "generate", "paint", "rate summary"},  # these write into --out, or nothing
+    "--checkpoint": ALL - {"scenes", "fid stats", "train segmenter", "train gan", "rate summary"},
+    "--out": {"scenes", "generate", "fid stats", "paint prepare"},
+    "--layer": {"demo", "dissect", "ace", "repair", "paint prepare"},
+}
+
+
+def test_every_command_takes_config_set_and_the_common_flags_by_the_same_names():
+    from gandissect.cli import build_parser
+
+    commands = dict(_commands(build_parser()))
+    assert set(commands) == ALL
+    options = {name: {o for action in p._actions for o in action.option_strings} for name, p in commands.items()}
+    for flag, having in COMMON.items():
+        assert {name for name in ALL if flag in options[name]} == having, flag
+    assert "--layers" in options["dissect"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["scenes", "--config", "{in}/scenes.yaml", "--set", "n=3", "--set", "seed=7", "--seed", "9", "--out", "o"],
+     {"n": 3, "seed": 9, "stats_n": 5, "out": "o", "size": 64}),  # the file < --set < a flag; defaults for the rest
+    (["dissect", "--set", "n=50", "--n", "60", "--layer", "layer3,layer5", "--checkpoint", "g.safetensors",
+      "--seed", "2", "--name", "x"], {"n": 60, "layers": ["layer3", "layer5"], "generator": "g.safetensors",
+                                      "seed": 2, "name": "x", "quantile": 0.99}),
+    (["ace", "--n", "32", "--class", "dome", "--seed", "3", "--layer", "layer5"],
+     {"n": 32, "class_name": "dome", "seed": 3, "layer": "layer5", "steps": 500}),
+    (["repair", "--n", "100", "--seed", "4", "--layer", "layer6", "--checkpoint", "g.safetensors"],
+     {"fd_n": 100, "fd_seed": 4, "layer": "layer6", "generator": "g.safetensors"}),
+    (["demo", "--n", "8", "--seed", "1", "--layer", "layer5", "--checkpoint", "g.safetensors", "--name", "d"],
+     {"n": 8, "seed": 1, "dissect_layer": "layer5", "generator": "g.safetensors", "name": "d"}),
+    (["train", "gan", "--config", "{ganyaml}", "--seed", "4", "--name", "g2"], {"seed": 4, "name": "g2"}),
+    (["fid", "score", "--checkpoint", "v2: best #1.safetensors", "--stats", "r.npz", "--set", "batch_size=8"],
+     {"checkpoint": "v2: best #1.safetensors", "stats": "r.npz", "batch_size": 8, "n": 10000}),
+], ids=["scenes", "dissect", "ace", "repair", "demo", "train-gan", "fid-score"])
+def test_flags_set_their_config_keys_over_set_over_the_config_file(argv, expected, inputs):
+    from gandissect.cli import _config, build_parser
+
+    args = build_parser().parse_args([_fill(arg, inputs) for arg in argv])
+    cfg = _config(args.config_class, args)
+    assert {key: getattr(cfg, key) for key in expected} == expected

@@ -357,7 +357,7 @@ def test_prepare_makes_a_concepts_file_the_server_reads(tmp_path, isolated_runs)
 
     cfg = PaintPrepareConfig(generator=str(REPO / "checkpoints/scene_gan_generator.safetensors"),
                              segmenter=str(REPO / "checkpoints/scene_segmenter.safetensors"), layers=["layer4"],
-                             dissect_n=48, ace_categories=["object"], keep=10, out=str(tmp_path / "concepts.json"),
+                             n=48, ace_categories=["object"], keep=10, out=str(tmp_path / "concepts.json"),
                              ace_set=["steps=3", "batch_size=4", "n=16", "constants_n=16", "removal_units=10",
                                       "init_units=5"])
     first = run_paint_prepare(cfg)

@@ -1,50 +1,83 @@
 """The ``gandissect`` command line.
 
-    gandissect demo [--config experiments/scenes/demo.yaml]
+    gandissect demo [--config experiments/scenes/demo.yaml] [--n 16]
     gandissect scenes --n 64 --seed 0 --out DIR [--size 64] [--class dome]
     gandissect train segmenter --config experiments/scenes/segmenter.yaml [--set trainer.max_steps=100]
-    gandissect train gan --config experiments/scenes/gan.yaml
+    gandissect train gan --config experiments/scenes/gan.yaml [--seed 1]
     gandissect eval segmenter --checkpoint PATH --n 1000 --seed 12345
     gandissect eval gan --checkpoint PATH --n 2000
     gandissect generate --checkpoint PATH --n 64 --seed 0 --out grid.png
     gandissect dissect --config experiments/scenes/dissect.yaml [--layers layer3,layer4] [--n 1000]
-    gandissect repair --config experiments/scenes/repair.yaml [--set fd_n=2000]
-    gandissect ace --config experiments/scenes/ace.yaml --class tree --layer layer4
+    gandissect repair --config experiments/scenes/repair.yaml [--n 2000] [--layer layer4]
+    gandissect ace --config experiments/scenes/ace.yaml --class tree --layer layer4 [--n 200]
     gandissect fid stats --data scenes --n 10000 --backbone scenes --out real.npz
     gandissect fid score --checkpoint PATH --stats real.npz --n 10000 [--backbone scenes]
     gandissect paint [--config experiments/scenes/paint.yaml] [--port 8000] [--rate RUN]
-    gandissect paint prepare --config experiments/scenes/paint_prepare.yaml
+    gandissect paint prepare [--config experiments/scenes/paint_prepare.yaml]
     gandissect rate summary RUN
 
-Each command hands its arguments to one ``run_*`` function and prints the JSON result on stdout; progress bars
-and logs go to stderr. Bad input (a missing file, an unknown key or class, a checkpoint of the wrong kind, a value
-of the wrong type, an output path that cannot be written) ends with one line on stderr naming the problem and exit
-status 2; inputs and output paths are checked before any work. ``gandissect --verbose <command>`` keeps the
-libraries' own notes on stderr; ``gandissect --version`` prints the version.
+Every command reads a config: ``--config FILE`` (YAML) and ``--set key=value`` overrides on the command's config
+dataclass (``gandissect.config``), then its flags. The flags common to the commands have the same names everywhere
+and set a key of that config: ``--n``, ``--seed``, ``--out``, ``--layer`` / ``--layers``, ``--checkpoint`` (the
+generator of dissect, ace, repair and demo), ``--name`` (the run directory under runs/); ``--help`` lists each
+command's flags with the key they set or their default. A flag wins over ``--set``, which wins over the file.
+
+Each command hands its config to one ``run_*`` function and prints the JSON result on stdout; progress bars and
+logs go to stderr. Bad input (a missing file, an unknown key or class, a checkpoint of the wrong kind, a value of
+the wrong type, an output path that cannot be written, a run directory another run is using) ends with one line
+on stderr naming the problem and exit status 2; inputs and output paths are checked before any work.
+``gandissect --verbose <command>`` keeps the libraries' own notes on stderr; ``gandissect --version`` prints the
+version.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import logging
 import sys
 import warnings
 from pathlib import Path
 
 from gandissect import __version__, defaults
-from gandissect.config import (AceConfig, DemoConfig, DissectConfig, GANTrainConfig, PaintConfig, PaintPrepareConfig,
-                               RepairConfig, SegmenterTrainConfig, check_run_name, check_seed, load_config)
-from gandissect.core.runs import check_wandb_login, runs_root
-from gandissect.errors import BadValueError, GandissectError
+from gandissect.config import (AceConfig, DemoConfig, DissectConfig, EvalGANConfig, EvalSegmenterConfig,
+                               FidScoreConfig, FidStatsConfig, GANTrainConfig, GenerateConfig, PaintConfig,
+                               PaintPrepareConfig, RateSummaryConfig, RepairConfig, ScenesConfig, SegmenterTrainConfig,
+                               check_run_name, check_seed, load_config)
+from gandissect.core.runs import check_run_free, check_wandb_login, release_runs, runs_root
+from gandissect.errors import BadValueError, ConfigError, GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
 
 
 # Each command reads its config and checks where it will write first, and imports its step only then, so `--help`
 # and a refused input are fast and nothing is computed for a run that cannot be saved.
+def _config(cls, args):
+    """The command's config: its --config file, the --set overrides, then the flags given (each sets one key)."""
+    overrides = list(args.set)
+    for key in args.flag_keys:
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key == "layers":  # --layers layer3,layer4
+            overrides.append(f"layers=[{value}]")
+        else:  # a JSON string is a YAML string: a path with ':' or '#' stays a string
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    return load_config(cls, args.config, overrides)
+
+
+def _required(cfg, **flags: str) -> None:
+    missing = [flag for key, flag in flags.items() if getattr(cfg, key) is None]
+    if missing:
+        keys = ", ".join(key for key, flag in flags.items() if flag in missing)
+        raise ConfigError(f"{', '.join(missing)} required (or {keys} in --config / --set)")
+
+
 def _run_dir(name: str) -> None:
     check_run_name(name)
     check_writable_dir(runs_root() / name, "run directory")
+    check_run_free(runs_root() / name)  # another process's run under this name: refused before any work
 
 
 def _checked(cfg):
@@ -60,68 +93,76 @@ def _checked(cfg):
 
 
 def _scenes(args) -> dict:
-    check_writable_dir(args.out, "--out")
+    cfg = _config(ScenesConfig, args)
+    _required(cfg, out="--out")
+    check_writable_dir(cfg.out, "--out")
+    check_run_free(cfg.out)
     from gandissect.steps.evaluate import run_scenes
 
-    return run_scenes(args.n, args.seed, args.size, args.out, args.class_name, args.stats_n)
+    return run_scenes(cfg.n, cfg.seed, cfg.size, cfg.out, cfg.class_name, cfg.stats_n)
 
 
 def _train(args) -> dict:
-    cfg = _checked(load_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args.config, args.set))
+    cfg = _checked(_config(GANTrainConfig if args.model == "gan" else SegmenterTrainConfig, args))
     from gandissect.steps.train import train_gan, train_segmenter
 
     return train_gan(cfg) if args.model == "gan" else train_segmenter(cfg)
 
 
 def _eval_segmenter(args) -> dict:
-    _run_dir(args.name)
+    cfg = _config(EvalSegmenterConfig, args)
+    _required(cfg, checkpoint="--checkpoint")
+    _run_dir(cfg.name)
     from gandissect.steps.evaluate import run_eval_segmenter
 
-    return run_eval_segmenter(args.checkpoint, args.n, args.seed, args.size, args.name)
+    return run_eval_segmenter(cfg.checkpoint, cfg.n, cfg.seed, cfg.size, cfg.name)
 
 
 def _eval_gan(args) -> dict:
-    _run_dir(args.name)
+    cfg = _config(EvalGANConfig, args)
+    _required(cfg, checkpoint="--checkpoint")
+    _run_dir(cfg.name)
     from gandissect.steps.evaluate import run_eval_gan
 
-    return run_eval_gan(args.checkpoint, args.n, args.seed, args.real_seed, args.segmenter, args.name)
+    return run_eval_gan(cfg.checkpoint, cfg.n, cfg.seed, cfg.real_seed, cfg.segmenter, cfg.name)
 
 
 def _generate(args) -> dict:
-    check_writable_file(args.out, "--out")
-    if Path(args.out).suffix.lower() != ".png":
-        raise BadValueError(f"--out {args.out}: expected a .png file name (the grid is a PNG; its record goes beside "
+    cfg = _config(GenerateConfig, args)
+    _required(cfg, checkpoint="--checkpoint", out="--out")
+    check_writable_file(cfg.out, "--out")
+    if Path(cfg.out).suffix.lower() != ".png":
+        raise BadValueError(f"--out {cfg.out}: expected a .png file name (the grid is a PNG; its record goes beside "
                             "it as .json)")
-    check_writable_file(Path(args.out).with_suffix(".json"), "--out's record")
+    check_writable_file(Path(cfg.out).with_suffix(".json"), "--out's record")
     from gandissect.steps.evaluate import run_generate
 
-    return run_generate(args.checkpoint, args.n, args.seed, args.out, args.columns, args.scale)
+    return run_generate(cfg.checkpoint, cfg.n, cfg.seed, cfg.out, cfg.columns, cfg.scale)
 
 
 def _fid_stats(args) -> dict:
-    check_writable_file(args.out, "--out")
-    _run_dir(args.name)
+    cfg = _config(FidStatsConfig, args)
+    _required(cfg, out="--out")
+    check_writable_file(cfg.out, "--out")
+    _run_dir(cfg.name)
     from gandissect.steps.fid import run_fid_stats
 
-    return run_fid_stats(args.data, args.n, args.out, args.seed, args.size, args.backbone, args.weights,
-                         args.segmenter, args.batch_size, args.device, args.name)
+    return run_fid_stats(cfg.data, cfg.n, cfg.out, cfg.seed, cfg.size, cfg.backbone, cfg.weights, cfg.segmenter,
+                         cfg.batch_size, cfg.device, cfg.name)
 
 
 def _fid_score(args) -> dict:
-    _run_dir(args.name)
+    cfg = _config(FidScoreConfig, args)
+    _required(cfg, checkpoint="--checkpoint", stats="--stats")
+    _run_dir(cfg.name)
     from gandissect.steps.fid import run_fid_score
 
-    return run_fid_score(args.checkpoint, args.stats, args.n, args.seed, args.backbone, args.weights,
-                         args.segmenter, args.batch_size, args.device, args.name)
+    return run_fid_score(cfg.checkpoint, cfg.stats, cfg.n, cfg.seed, cfg.backbone, cfg.weights, cfg.segmenter,
+                         cfg.batch_size, cfg.device, cfg.name)
 
 
 def _dissect(args) -> dict:
-    overrides = list(args.set)
-    if args.layers is not None:
-        overrides.append(f"layers=[{args.layers}]")
-    if args.n is not None:
-        overrides.append(f"n={args.n}")
-    cfg = _checked(load_config(DissectConfig, args.config, overrides))
+    cfg = _checked(_config(DissectConfig, args))
     from gandissect.steps import dissect
 
     result = dissect.run_dissection(cfg)
@@ -129,12 +170,7 @@ def _dissect(args) -> dict:
 
 
 def _ace(args) -> dict:
-    overrides = list(args.set)
-    if args.class_name:
-        overrides.append(f"class_name={args.class_name}")
-    if args.layer:
-        overrides.append(f"layer={args.layer}")
-    cfg = _checked(load_config(AceConfig, args.config, overrides))
+    cfg = _checked(_config(AceConfig, args))
     from gandissect.pipelines import run_ace_pipeline
     from gandissect.steps import intervene
 
@@ -143,7 +179,7 @@ def _ace(args) -> dict:
 
 
 def _repair(args) -> dict:
-    cfg = _checked(load_config(RepairConfig, args.config, list(args.set)))
+    cfg = _checked(_config(RepairConfig, args))
     from gandissect.pipelines import run_repair_pipeline
     from gandissect.steps import repair
 
@@ -152,38 +188,37 @@ def _repair(args) -> dict:
 
 
 def _demo(args) -> dict:
-    cfg = _checked(load_config(DemoConfig, args.config, args.set))
+    cfg = _checked(_config(DemoConfig, args))
     from gandissect.demo import run_demo
 
     return run_demo(cfg)
 
 
-def _paint(args):
-    if args.action == "prepare":
-        cfg = _checked(load_config(PaintPrepareConfig, args.config or defaults.PAINT_PREPARE_CONFIG, list(args.set)))
-        check_writable_file(cfg.out, "out")
-        from gandissect.pipelines import run_paint_prepare
+def _paint_prepare(args) -> dict:
+    cfg = _checked(_config(PaintPrepareConfig, args))
+    check_writable_file(cfg.out, "--out")
+    from gandissect.pipelines import run_paint_prepare
 
-        return run_paint_prepare(cfg)
-    overrides = list(args.set)
-    for flag, key in ((args.port, "port"), (args.host, "host"), (args.rate, "rate_run")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    cfg = load_config(PaintConfig, args.config or defaults.PAINT_CONFIG, overrides)
+    return run_paint_prepare(cfg)
+
+
+def _paint(args) -> None:
+    cfg = _config(PaintConfig, args)
     from gandissect.steps.paint.server import serve
 
-    def announce(url: str) -> None:  # on the real stdout at once (the result JSON of other commands goes there)
-        print(json_text({"url": url, "rate": f"{url}rate" if cfg.rate_run else None}), file=sys.__stdout__,
+    def announce(url: str) -> None:  # one JSON line on the real stdout at once (other commands print theirs at the end)
+        print(json.dumps({"url": url, "rate": f"{url}rate" if cfg.rate_run else None}), file=sys.__stdout__,
               flush=True)
         print(f"gandissect: serving {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
     serve(cfg, announce, log_level="info" if args.verbose else "warning")
-    return None
 
 
-def _rate(args) -> dict:
+def _rate_summary(args) -> dict:
+    cfg = _config(RateSummaryConfig, args)
+    _required(cfg, run="RUN")
     from gandissect.steps.paint.ratings import summarize
 
-    return summarize(args.run)
+    return summarize(cfg.run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -196,6 +231,35 @@ class _Parser(argparse.ArgumentParser):
         return action
 
 
+def _command(sub, name: str, help: str, cls, func, config_default: str | None = None,
+             config_required: bool = False) -> argparse.ArgumentParser:
+    """A subcommand of config ``cls``: --config, --set, and (with ``_flag``) its flags."""
+    p = sub.add_parser(name, help=help, description=help)
+    if config_required:
+        p.add_argument("--config", required=True, help="YAML config file")
+    else:
+        p.add_argument("--config", default=config_default, help="YAML config file (keys of the flags below, and more)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=func, config_class=cls, flag_keys=[], reads_a_file=config_required or bool(config_default))
+    return p
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, key: str, help: str, type=str, required: bool = False) -> None:
+    """A flag that sets config key ``key``. Its help shows the dataclass's default where the command has no config
+    file by default, else the key it overrides. ``required``: a value must come from the flag, --config or --set."""
+    if required:
+        note = "required"
+    elif not p.get_default("reads_a_file"):
+        field = {f.name: f for f in dataclasses.fields(p.get_default("config_class"))}[key]
+        note = f"default: {'none' if field.default is None else field.default}"
+    else:
+        note = f"overrides {key} of the config"
+    flags = flag.split("|")
+    p.add_argument(*flags, dest=key, type=type, default=None, metavar=flags[0].lstrip("-").upper().replace("-", "_"),
+                   help=f"{help} ({note})".lstrip(" "))
+    p.get_default("flag_keys").append(key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gandissect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"gandissect {__version__}")
@@ -203,114 +267,129 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "tips and device lines, deprecation notes)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the main job on the built-in default and write runs/demo/")
-    p.add_argument("--config", default=defaults.DEMO_CONFIG)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=_demo)
+    p = _command(sub, "demo", "run the main job on the built-in default and write runs/demo/", DemoConfig, _demo,
+                 defaults.DEMO_CONFIG)
+    _flag(p, "--n", "n", "scenes drawn and segmented", int)
+    _flag(p, "--seed", "seed", "world seed of those scenes", int)
+    _flag(p, "--checkpoint", "generator", "generator to dissect, intervene on and repair")
+    _flag(p, "--layer", "dissect_layer", "layer to dissect, intervene on and repair")
+    _flag(p, "--name", "name", "run directory name under runs/")
 
-    p = sub.add_parser("dissect", help="which units of a generator's layers draw which classes (writes runs/<name>/)")
-    p.add_argument("--config", default=defaults.DISSECT_CONFIG)
-    p.add_argument("--layers", default=None, help="comma-separated layer names (overrides the config)")
-    p.add_argument("--n", type=int, default=None, help="number of seeded latents (overrides the config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=_dissect)
+    p = _command(sub, "dissect", "which units of a generator's layers draw which classes (writes runs/<name>/)",
+                 DissectConfig, _dissect, defaults.DISSECT_CONFIG)
+    _flag(p, "--layers|--layer", "layers", "comma-separated layer names")
+    _flag(p, "--n", "n", "number of seeded latents", int)
+    _flag(p, "--seed", "seed", "latent seed", int)
+    _flag(p, "--checkpoint", "generator", "generator to dissect")
+    _flag(p, "--name", "name", "run directory name under runs/")
 
-    p = sub.add_parser("ace", help="which units cause a class: learned intervention, ACE, removal curves, context")
-    p.add_argument("--config", default=defaults.ACE_CONFIG)
-    p.add_argument("--class", dest="class_name", default=None, help="class to cause or remove (overrides the config)")
-    p.add_argument("--layer", default=None, help="layer to intervene on (overrides the config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=_ace)
+    p = _command(sub, "ace", "which units cause a class: learned intervention, ACE, removal curves, context",
+                 AceConfig, _ace, defaults.ACE_CONFIG)
+    _flag(p, "--class", "class_name", "class to cause or remove")
+    _flag(p, "--layer", "layer", "layer to intervene on")
+    _flag(p, "--n", "n", "held-out latents for the ACE, the removal curves and the context table", int)
+    _flag(p, "--seed", "seed", "latent seed of the optimization batches", int)
+    _flag(p, "--checkpoint", "generator", "generator to intervene on")
+    _flag(p, "--name", "name", "run directory name under runs/")
 
-    p = sub.add_parser("repair", help="find the units that draw artifacts, ablate them, compare FDs (writes "
-                                      "runs/<name>/)")
-    p.add_argument("--config", default=defaults.REPAIR_CONFIG)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=_repair)
+    p = _command(sub, "repair", "find the units that draw artifacts, ablate them, compare FDs (writes runs/<name>/)",
+                 RepairConfig, _repair, defaults.REPAIR_CONFIG)
+    _flag(p, "--n", "fd_n", "seeded latents every variant draws for its FD", int)
+    _flag(p, "--seed", "fd_seed", "latent seed of those latents", int)
+    _flag(p, "--layer", "layer", "layer to repair")
+    _flag(p, "--checkpoint", "generator", "generator to repair")
+    _flag(p, "--name", "name", "run directory name under runs/")
 
-    p = sub.add_parser("scenes", help="draw scenes of the built-in world with their labels")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--class", dest="class_name", default=None, help="show only scenes containing this class")
-    p.add_argument("--stats-n", type=int, default=1000, help="scenes used for the class statistics")
-    p.set_defaults(func=_scenes)
+    p = _command(sub, "scenes", "draw scenes of the built-in world with their labels", ScenesConfig, _scenes)
+    _flag(p, "--n", "n", "", int)
+    _flag(p, "--seed", "seed", "world seed", int)
+    _flag(p, "--size", "size", "", int)
+    _flag(p, "--out", "out", "output directory", required=True)
+    _flag(p, "--class", "class_name", "show only scenes containing this class")
+    _flag(p, "--stats-n", "stats_n", "scenes used for the class statistics", int)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("model", choices=["segmenter", "gan"])
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=_train)
+    train_sub = p.add_subparsers(dest="model", required=True)
+    for model, cls, what in (("segmenter", SegmenterTrainConfig, "the scene segmenter"),
+                             ("gan", GANTrainConfig, "a ProGAN on the scene world")):
+        p = _command(train_sub, model, f"train {what} (writes runs/<name>/)", cls, _train, config_required=True)
+        _flag(p, "--seed", "seed", "seed of the weights' initialization and the data order", int)
+        _flag(p, "--name", "name", "run directory name under runs/")
 
     p = sub.add_parser("eval", help="evaluate a model on held-out scenes; prints JSON")
     eval_sub = p.add_subparsers(dest="model", required=True)
-    p = eval_sub.add_parser("segmenter", help="per-class IoU against the world's exact labels")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=defaults.REAL_SEED)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--name", default="eval-segmenter", help="run directory name under runs/")
-    p.set_defaults(func=_eval_segmenter)
-    p = eval_sub.add_parser("gan", help="class pixel shares and FD-scenes, generated vs real scenes")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=int, default=2000, help="generated and real scenes, each")
-    p.add_argument("--seed", type=int, default=0, help="latent seed")
-    p.add_argument("--real-seed", type=int, default=defaults.REAL_SEED, help="world seed of the real scenes")
-    p.add_argument("--segmenter", default=defaults.SCENE_SEGMENTER)
-    p.add_argument("--name", default="eval-gan", help="run directory name under runs/")
-    p.set_defaults(func=_eval_gan)
+    p = _command(eval_sub, "segmenter", "per-class IoU against the world's exact labels", EvalSegmenterConfig,
+                 _eval_segmenter)
+    _flag(p, "--checkpoint", "checkpoint", "segmenter checkpoint", required=True)
+    _flag(p, "--n", "n", "", int)
+    _flag(p, "--seed", "seed", "world seed", int)
+    _flag(p, "--size", "size", "", int)
+    _flag(p, "--name", "name", "run directory name under runs/")
+    p = _command(eval_sub, "gan", "class pixel shares and FD-scenes, generated vs real scenes", EvalGANConfig,
+                 _eval_gan)
+    _flag(p, "--checkpoint", "checkpoint", "generator checkpoint", required=True)
+    _flag(p, "--n", "n", "generated and real scenes, each", int)
+    _flag(p, "--seed", "seed", "latent seed", int)
+    _flag(p, "--real-seed", "real_seed", "world seed of the real scenes", int)
+    _flag(p, "--segmenter", "segmenter", "")
+    _flag(p, "--name", "name", "run directory name under runs/")
 
-    p = sub.add_parser("generate", help="a grid of images from a generator for seeded latents")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="latent seed: the same seed gives the same images")
-    p.add_argument("--out", required=True, help="PNG file; the seed and settings go beside it as .json")
-    p.add_argument("--columns", type=int, default=8)
-    p.add_argument("--scale", type=int, default=2, help="enlarge pixels this many times")
-    p.set_defaults(func=_generate)
+    p = _command(sub, "generate", "a grid of images from a generator for seeded latents", GenerateConfig, _generate)
+    _flag(p, "--checkpoint", "checkpoint", "generator checkpoint", required=True)
+    _flag(p, "--n", "n", "", int)
+    _flag(p, "--seed", "seed", "latent seed: the same seed gives the same images", int)
+    _flag(p, "--out", "out", "PNG file; the seed and settings go beside it as .json", required=True)
+    _flag(p, "--columns", "columns", "", int)
+    _flag(p, "--scale", "scale", "enlarge pixels this many times", int)
 
     p = sub.add_parser("fid", help="Frechet distance: real-data statistics (.npz) and generator scores")
     fid_sub = p.add_subparsers(dest="fid_command", required=True)
-    stats = fid_sub.add_parser("stats", help="feature statistics of real images, saved as pytorch-fid's .npz")
-    stats.add_argument("--data", default="scenes", help="'scenes' (the built-in world) or a folder of images")
-    stats.add_argument("--n", type=int, default=10000)
-    stats.add_argument("--seed", type=int, default=0, help="world seed (for --data scenes)")
-    stats.add_argument("--size", type=int, default=64, help="scene size (for --data scenes)")
-    stats.add_argument("--out", required=True, help="statistics file (.npz: mu, sigma)")
-    stats.add_argument("--name", default="fid-stats", help="run directory name under runs/")
-    score = fid_sub.add_parser("score", help="Frechet distance of a generator's images to saved statistics")
-    score.add_argument("--checkpoint", required=True, help="generator checkpoint")
-    score.add_argument("--stats", required=True, help="statistics file from `fid stats` or pytorch-fid")
-    score.add_argument("--n", type=int, default=10000, help="generated images")
-    score.add_argument("--seed", type=int, default=0, help="latent seed")
-    score.add_argument("--name", default="fid-score", help="run directory name under runs/")
+    stats = _command(fid_sub, "stats", "feature statistics of real images, saved as pytorch-fid's .npz",
+                     FidStatsConfig, _fid_stats)
+    _flag(stats, "--data", "data", "'scenes' (the built-in world) or a folder of images")
+    _flag(stats, "--n", "n", "", int)
+    _flag(stats, "--seed", "seed", "world seed (for --data scenes)", int)
+    _flag(stats, "--size", "size", "scene size (for --data scenes)", int)
+    _flag(stats, "--out", "out", "statistics file (.npz: mu, sigma)", required=True)
+    _flag(stats, "--name", "name", "run directory name under runs/")
+    score = _command(fid_sub, "score", "Frechet distance of a generator's images to saved statistics",
+                     FidScoreConfig, _fid_score)
+    _flag(score, "--checkpoint", "checkpoint", "generator checkpoint", required=True)
+    _flag(score, "--stats", "stats", "statistics file from `fid stats` or pytorch-fid", required=True)
+    _flag(score, "--n", "n", "generated images", int)
+    _flag(score, "--seed", "seed", "latent seed", int)
+    _flag(score, "--name", "name", "run directory name under runs/")
     for p in (stats, score):
-        p.add_argument("--backbone", default="scenes",
-                       help="scenes (FD-scenes), inception (FID, pytorch-fid's Inception) or package.module:factory")
-        p.add_argument("--weights", default=None,
-                       help="local pytorch-fid Inception weights file (default: pytorch-fid's download and cache)")
-        p.add_argument("--segmenter", default=defaults.SCENE_SEGMENTER)
-        p.add_argument("--batch-size", type=int, default=50)
-        p.add_argument("--device", default=None, help="default: cuda where available, else cpu")
-    stats.set_defaults(func=_fid_stats)
-    score.set_defaults(func=_fid_score)
+        _flag(p, "--backbone", "backbone",
+              "scenes (FD-scenes), inception (FID, pytorch-fid's Inception) or package.module:factory")
+        _flag(p, "--weights", "weights", "local pytorch-fid Inception weights file (none: pytorch-fid's download)")
+        _flag(p, "--segmenter", "segmenter", "")
+        _flag(p, "--batch-size", "batch_size", "", int)
+        _flag(p, "--device", "device", "none: cuda where available, else cpu")
 
-    p = sub.add_parser("paint", help="GANPaint in the browser: paint concepts into generated scenes (serve), or make "
-                                     "its concepts file (prepare)")
-    p.add_argument("action", nargs="?", choices=["serve", "prepare"], default="serve")
-    p.add_argument("--config", default=None, help=f"default: {defaults.PAINT_CONFIG} (serve), "
-                                                  f"{defaults.PAINT_PREPARE_CONFIG} (prepare)")
-    p.add_argument("--port", type=int, default=None, help="serve: the port (0: any free port; overrides the config)")
-    p.add_argument("--host", default=None, help="serve: the address to listen on (overrides the config)")
-    p.add_argument("--rate", default=None, metavar="RUN", help="serve: also the rating page /rate for this repair run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=_paint)
+    # `gandissect paint` serves; `gandissect paint prepare` makes the concepts file it serves
+    p = _command(sub, "paint", "GANPaint in the browser: paint concepts into generated scenes (serves until Ctrl-C; "
+                               "prints the URL)", PaintConfig, _paint, defaults.PAINT_CONFIG)
+    _flag(p, "--port", "port", "port to listen on (0: any free port)", int)
+    _flag(p, "--host", "host", "address to listen on")
+    _flag(p, "--rate", "rate_run", "a repair run directory: also serve the rating page /rate")
+    _flag(p, "--checkpoint", "generator", "generator to paint with")
+    _flag(p, "--concepts", "concepts", "concepts file (from `gandissect paint prepare`)")
+    paint_sub = p.add_subparsers(dest="paint_command", required=False)
+    p = _command(paint_sub, "prepare", "make the concepts file of `gandissect paint`: dissection, ACE, brush strengths",
+                 PaintPrepareConfig, _paint_prepare, defaults.PAINT_PREPARE_CONFIG)
+    _flag(p, "--layers|--layer", "layers", "comma-separated layers to paint on (the first is the default)")
+    _flag(p, "--n", "n", "latents of the dissection", int)
+    _flag(p, "--checkpoint", "generator", "generator to prepare")
+    _flag(p, "--out", "out", "concepts file to write")
+    _flag(p, "--name", "name", "run directory name under runs/")
 
-    p = sub.add_parser("rate", help="the human study of a repair: preference for the repaired images")
-    p.add_argument("what", choices=["summary"])
-    p.add_argument("run", help="the repair run directory whose ratings.jsonl to summarize")
-    p.set_defaults(func=_rate)
+    rate = sub.add_parser("rate", help="the human study of a repair, rated at `gandissect paint --rate RUN`")
+    rate_sub = rate.add_subparsers(dest="rate_command", required=True)
+    p = _command(rate_sub, "summary", "preference for the repaired images over the original and random ablations, "
+                 "with 95% intervals", RateSummaryConfig, _rate_summary)
+    p.add_argument("run", nargs="?", default=None, metavar="RUN", help="repair run directory (with ratings.jsonl)")
+    p.get_default("flag_keys").append("run")
     return parser
 
 
@@ -328,6 +407,13 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
+def _close_progress_bars() -> None:
+    """End the progress bars a run stopped in the middle of, so that its error line stands on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
@@ -340,8 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)
     except GandissectError as err:
+        _close_progress_bars()
         print(f"gandissect: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        release_runs()
     if result is not None:  # None: a server, which announced itself
         print(json_text(result))
     return 0

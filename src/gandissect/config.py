@@ -324,6 +324,87 @@ class AceConfig:
                               f"{self.init_units}")
 
 
+# --- the commands without a run config of their own: their flags, also as --config YAML keys and --set overrides ---
+@dataclass
+class ScenesConfig:
+    """``gandissect scenes``: scenes of the world with their labels, written into ``out``."""
+
+    n: int = 64
+    seed: int = 0
+    size: int = 64
+    out: str | None = None         # output directory (required)
+    class_name: str | None = None  # show only scenes containing this class
+    stats_n: int = 1000            # scenes used for the class statistics
+
+
+@dataclass
+class EvalSegmenterConfig:
+    """``gandissect eval segmenter``: per-class IoU against the world's exact labels."""
+
+    checkpoint: str | None = None  # the segmenter (required)
+    n: int = 1000
+    seed: int = defaults.REAL_SEED
+    size: int = 64
+    name: str = "eval-segmenter"
+
+
+@dataclass
+class EvalGANConfig:
+    """``gandissect eval gan``: class pixel shares and FD-scenes, generated vs real scenes."""
+
+    checkpoint: str | None = None  # the generator (required)
+    n: int = 2000                  # generated and real scenes, each
+    seed: int = 0                  # latent seed
+    real_seed: int = defaults.REAL_SEED
+    segmenter: str = defaults.SCENE_SEGMENTER
+    name: str = "eval-gan"
+
+
+@dataclass
+class GenerateConfig:
+    """``gandissect generate``: a grid of images of seeded latents."""
+
+    checkpoint: str | None = None  # the generator (required)
+    n: int = 64
+    seed: int = 0
+    out: str | None = None         # the PNG file (required); its record goes beside it as .json
+    columns: int = 8
+    scale: int = 2
+
+
+@dataclass
+class FidStatsConfig:
+    """``gandissect fid stats``: feature statistics of real images, saved as pytorch-fid's .npz."""
+
+    data: str = "scenes"           # scenes (the built-in world) or a folder of images
+    n: int = 10000
+    seed: int = 0                  # world seed (data: scenes)
+    size: int = 64                 # scene size (data: scenes)
+    out: str | None = None         # the statistics file (required)
+    name: str = "fid-stats"
+    backbone: str = "scenes"       # scenes (FD-scenes), inception (FID) or package.module:factory
+    weights: str | None = None     # local pytorch-fid Inception weights
+    segmenter: str = defaults.SCENE_SEGMENTER
+    batch_size: int = 50
+    device: str | None = None      # null: cuda where available, else cpu
+
+
+@dataclass
+class FidScoreConfig:
+    """``gandissect fid score``: the Frechet distance of a generator's images to saved statistics."""
+
+    checkpoint: str | None = None  # the generator (required)
+    stats: str | None = None       # the statistics file (required)
+    n: int = 10000
+    seed: int = 0                  # latent seed
+    name: str = "fid-score"
+    backbone: str = "scenes"
+    weights: str | None = None
+    segmenter: str = defaults.SCENE_SEGMENTER
+    batch_size: int = 50
+    device: str | None = None
+
+
 ARTIFACT_MAPS = ("occlusion", "gradcam", "saliency", "grad_x_input", "integrated_gradients")
 REPAIR_ROUTES = ("iou", "iou_effect", "unit_fd", "learned", "learned_soft", "multilayer")
 
@@ -606,7 +687,7 @@ class PaintPrepareConfig:
     generator: str = defaults.SCENE_GAN_GENERATOR
     segmenter: str = defaults.SCENE_SEGMENTER
     layers: list[str] = field(default_factory=lambda: ["layer4", "layer6"])  # the first is the default layer
-    dissect_n: int = 2000
+    n: int = 2000                  # latents of the dissection (stream 0)
     ace_categories: list[str] = field(default_factory=lambda: ["object", "part"])  # classes ranked by ACE
     ace_layers: list[str] | None = None   # layers whose concepts get ACE rankings (null: all; others keep IoU)
     ace_set: list[str] = field(default_factory=list)    # key=value overrides of every ACE run's config
@@ -616,6 +697,13 @@ class PaintPrepareConfig:
 
     def __post_init__(self):
         check_run_name(self.name)
-        _positive(self, "dissect_n", "keep")
+        _positive(self, "n", "keep")
         if not self.layers:
             raise ConfigError("layers: give at least one layer to paint on")
+
+
+@dataclass
+class RateSummaryConfig:
+    """``gandissect rate summary RUN``: the ratings of a repair run."""
+
+    run: str | None = None         # the repair run directory holding ratings.jsonl

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from gandissect.config import AceConfig, DemoConfig, DissectConfig, RepairConfig, load_config, to_dict
-from gandissect.core.runs import check_wandb_login, runs_root, start_run, wandb_run
+from gandissect.core.runs import check_wandb_login, finish_run, finish_wandb, runs_root, start_run, wandb_run
 from gandissect.data import scenes
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
@@ -90,7 +90,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                  "classes": wandb.Table(columns=["class", "category", "pixel_share", "presence_rate", "iou"],
                                         data=rows),
                  **{f"grid/{k[:-4]}": wandb.Image(v) for k, v in grids.items()}})
-        run.finish()
+        finish_wandb(run, run_dir)
+    finish_run(run_dir)
     summary = {"run_dir": str(run_dir), "miou": quality["miou"]}
     if "dissection" in results:
         d = results["dissection"]

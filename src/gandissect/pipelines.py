@@ -23,7 +23,7 @@ import torch.nn as nn
 from gandissect.config import (AceConfig, DissectConfig, PaintPrepareConfig, RepairConfig, WandbConfig, load_config,
                                to_dict)
 from gandissect.core import distributed
-from gandissect.core.runs import model_identity, module_digest, runs_root, start_run
+from gandissect.core.runs import finish_run, model_identity, module_digest, runs_root, start_run
 from gandissect.errors import GandissectError
 from gandissect.io import write_json
 from gandissect.steps import artifacts, intervene, repair
@@ -90,7 +90,9 @@ def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generato
         edits = {"edited_generator": module_digest(repaired_so_far)}
         return _dissect_artifacts(cfg, repaired_so_far, segmenter, record["key"], run_dir, later,
                                   edits)["iou_by_class"]["artifact"]
-    return repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds, dissect_later_layer)
+    result = repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds, dissect_later_layer)
+    finish_run(run_dir)
+    return result
 
 
 def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segmenter_key: dict, run_dir: Path,
@@ -120,13 +122,14 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segme
 
 def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> dict:
     """The paint concepts file: dissect ``cfg.layers`` (into ``<run>/dissect``), run ACE for every class of
-    ``cfg.ace_categories`` at each layer of ``cfg.ace_layers`` (``<run>/ace-<layer>-<class>``; a finished one of the same settings is
-    reused), then write ``cfg.out`` (and ``<run>/concepts.json``)."""
+    ``cfg.ace_categories`` at each layer of ``cfg.ace_layers`` (``<run>/ace-<layer>-<class>``; a finished one of
+    the same settings is reused; the other layers' brush strengths come from removal curves of their IoU rankings),
+    then write ``cfg.out`` (and ``<run>/concepts.json``)."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     started = time.perf_counter()
     start_run(cfg.name, cfg, root=run_dir)
     dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
-                         layers=list(cfg.layers), n=cfg.dissect_n, seed=0, resume=True,
+                         layers=list(cfg.layers), n=cfg.n, seed=0, resume=True,
                          wandb=WandbConfig(mode="disabled"))
     run_dissection(dcfg, run_dir / "dissect")
     dissection = json.loads((run_dir / "dissect" / "dissect.json").read_text())
@@ -157,13 +160,14 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
                     generator, segmenter, layer, iou_order(dissection["layers"][layer], name),
                     segmenter.classes.index(name), seed=2, n=100, max_units=min(cfg.keep, 30))
     made_by = {"generator": cfg.generator, "generator_sha256": dissection["settings"]["generator_sha256"],
-               "segmenter": cfg.segmenter, "dissection": {"n": cfg.dissect_n, "seed": 0, "run": str(run_dir)},
+               "segmenter": cfg.segmenter, "dissection": {"n": cfg.n, "seed": 0, "run": str(run_dir)},
                "command": f"gandissect paint prepare --config <config> (run {cfg.name})", "ace_settings": cfg.ace_set,
                "ace_skipped": skipped}
     concepts = build_concepts(dissection, aces, list(cfg.layers), cfg.keep, made_by, iou_removal)
     concepts["wall_s"] = round(time.perf_counter() - started, 1)
     write_json(run_dir / "concepts.json", concepts)
     write_json(cfg.out, concepts)
+    finish_run(run_dir)
     return {"run_dir": str(run_dir), "out": cfg.out, "concepts": len(concepts["concepts"]),
             "strengths": {layer: entry["strengths"]["units"] for layer, entry in concepts["layers"].items()},
             "ace_runs": len(aces), "ace_skipped": skipped, "wall_s": concepts["wall_s"]}

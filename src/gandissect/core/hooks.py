@@ -147,6 +147,28 @@ class NetHook:
         self.remove()
 
 
+# --- checked outputs --------------------------------------------------------------------------------------------
+class NonFiniteImagesError(GandissectError):
+    """A generator with finite weights made NaN or infinite images (its values overflow)."""
+
+
+def stop_on_non_finite(generator: nn.Module, step: str, source) -> nn.Module:
+    """Check every image ``generator`` makes from now on (one ``torch.isfinite(...).all()`` per forward pass) and
+    stop ``step`` with one line naming it when one holds NaN or Inf: clamped to [-1, 1], an infinite pixel would
+    pass as a plain colour. The steps install it on the generators they load (``source``: its file); the first step
+    to install it on a module is the one named."""
+    if getattr(generator, "_finite_images_step", None) is not None:
+        return generator
+
+    def check(module: nn.Module, inputs: Any, images: torch.Tensor) -> None:
+        if isinstance(images, torch.Tensor) and not bool(torch.isfinite(images).all()):
+            raise NonFiniteImagesError(f"{step}: generator {source} made non-finite images (NaN or Inf) from finite "
+                                       "weights (its values overflow); stopped before any result was written")
+    generator.register_forward_hook(check)
+    generator._finite_images_step = step
+    return generator
+
+
 # --- layer shapes ---------------------------------------------------------------------------------------------
 def layer_shapes(generator: nn.Module, layers: list[str]) -> dict[str, tuple[int, ...]]:
     """(units, h, w) of each layer's output, from one latent, in the order the forward pass reaches them.

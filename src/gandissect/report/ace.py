@@ -11,6 +11,7 @@ from torch import nn
 
 from gandissect.config import AceConfig
 from gandissect.core.hooks import edited_images, module_device, unit_alpha
+from gandissect.core.runs import finish_wandb
 from gandissect.data import scenes
 from gandissect.io import figure_array, image_grid, save_image, write_json
 from gandissect.report.html import picture, table, write_report
@@ -87,4 +88,4 @@ def write_ace_report(cfg: AceConfig, run_dir: Path, result: dict, logger, genera
                                         data=[[r[k] for k in ("class", "cells", "before", "after", "effect")]
                                               for r in result["context"]]),
                  "edits": wandb.Image(str(run_dir / "edits.png"))})
-        run.finish()
+        finish_wandb(run, run_dir)

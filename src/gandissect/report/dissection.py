@@ -14,7 +14,7 @@ from torch import nn
 from gandissect.config import WandbConfig
 from gandissect.core.hooks import NetHook
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import wandb_run
+from gandissect.core.runs import finish_wandb, wandb_run
 from gandissect.data import scenes
 from gandissect.io import figure_array, save_image
 from gandissect.metrics.unit_stats import upsampled_masks
@@ -166,4 +166,4 @@ def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, 
                                                    caption=f"unit {u['unit']}: {u['label']} IoU {u['iou']:.3f}")
                                        for u in best]
     run.log(logged)
-    run.finish()
+    finish_wandb(run, run_dir)

@@ -13,7 +13,7 @@ from torch import nn
 from gandissect.config import WandbConfig
 from gandissect.core.hooks import scaled_units
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import wandb_run
+from gandissect.core.runs import finish_wandb, wandb_run
 from gandissect.data import scenes
 from gandissect.io import figure_array, image_grid, save_image
 from gandissect.report.html import picture, table, write_report
@@ -219,4 +219,4 @@ def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, 
     for name in ("before_after", "artifacts", "fd_chart"):
         logged[f"images/{name}"] = wandb.Image(str(run_dir / f"{name}.png"))
     run.log(logged)
-    run.finish()
+    finish_wandb(run, run_dir)

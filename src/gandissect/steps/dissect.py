@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader
 
 from gandissect.config import DissectConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import NetHook, layer_shapes
+from gandissect.core.hooks import NetHook, layer_shapes, stop_on_non_finite
 from gandissect.core.latents import LatentBatches, latent_batches
-from gandissect.core.runs import machine_description, model_identity, runs_root, start_run
+from gandissect.core.runs import finish_run, machine_description, model_identity, runs_root, start_run
 from gandissect.core.tally import TallyFile
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts
@@ -261,13 +261,14 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     generator_id = model_identity(cfg.generator, generator)
     segmenter_id = model_identity(cfg.segmenter, segmenter)
-    generator = load_generator(cfg.generator) if generator is None else generator
+    generator = stop_on_non_finite(load_generator(cfg.generator), "dissect", cfg.generator) if generator is None \
+        else generator
     segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
-    for message in sample_warnings(cfg):  # after the checks: a refused run says one line, not a warning too
-        print(f"gandissect: warning: {message}", file=sys.stderr)
     start_run(cfg.name, cfg, root=run_dir)
+    for message in sample_warnings(cfg):  # after the checks and the lock: a refused run says one line, no warning
+        print(f"gandissect: warning: {message}", file=sys.stderr)
     # inference_mode=False: a segmenter may need autograd inside labels() (the artifact segmenter's Grad-CAM)
     trainer = distributed.build_trainer(cfg.devices, run_dir, [PassProgressBar(), *callbacks],
                                         use_distributed_sampler=False, inference_mode=False)
@@ -322,6 +323,7 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
         save_image(run_dir / "chart_layers.png", layers_chart(result))
     write_dissection_report(run_dir, result)
     log_to_wandb(run_dir, cfg.wandb, cfg.name, to_dict(cfg), result)
+    finish_run(run_dir)
     return result
 
 

@@ -16,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from gandissect import defaults
+from gandissect.core.hooks import stop_on_non_finite
 from gandissect.core.latents import generate
-from gandissect.core.runs import start_run
+from gandissect.core.runs import finish_run, start_run
 from gandissect.data import scenes
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import figure_array, image_grid, save_image, write_json
@@ -116,6 +117,7 @@ def run_scenes(n: int, seed: int, size: int, out: str | Path, class_name: str | 
     stats["shown_indices"] = [p[0] for p in pairs]
     stats["legend"] = {name: scenes.LABEL_COLORS[i].tolist() for i, name in enumerate(scenes.CLASSES) if i}
     write_json(out / "statistics.json", stats)
+    finish_run(out)
     return {"out": str(out), "images": str(out / "scenes.png"), "statistics": str(out / "statistics.json")}
 
 
@@ -128,6 +130,7 @@ def run_eval_segmenter(checkpoint: str, n: int, seed: int, size: int, name: str)
     results = evaluate_segmenter(segmenter, seed, n, size)
     results["checkpoint"] = str(checkpoint)
     write_json(run_dir / "results.json", results)
+    finish_run(run_dir)
     return results
 
 
@@ -135,7 +138,7 @@ def run_eval_gan(checkpoint: str, n: int, seed: int, real_seed: int = defaults.R
                  segmenter: str = defaults.SCENE_SEGMENTER, name: str = "eval-gan") -> dict:
     """Class pixel shares and FD-scenes of ``n`` generated vs ``n`` real scenes; shares.png and samples.png."""
     _positive(n=n)
-    generator = load_generator(checkpoint)
+    generator = stop_on_non_finite(load_generator(checkpoint), "eval gan", checkpoint)
     scene_segmenter = SceneSegmenter.load(segmenter)
     run_dir = start_run(name, {"command": "eval gan", "checkpoint": str(checkpoint), "n": n, "seed": seed,
                                "real_seed": real_seed, "segmenter": segmenter})
@@ -144,13 +147,14 @@ def run_eval_gan(checkpoint: str, n: int, seed: int, real_seed: int = defaults.R
     save_image(run_dir / "shares.png", shares_chart(results))
     save_image(run_dir / "samples.png", sample_grid(generator, seed), scale=2)
     write_json(run_dir / "results.json", results)
+    finish_run(run_dir)
     return {**results, "run_dir": str(run_dir)}
 
 
 def run_generate(checkpoint: str, n: int, seed: int, out: str | Path, columns: int = 8, scale: int = 2) -> dict:
     """A grid of the images of latents 0..n-1 of stream ``seed``, saved at ``out``; its settings beside it."""
     _positive(n=n, columns=columns, scale=scale)
-    generator = load_generator(checkpoint)
+    generator = stop_on_non_finite(load_generator(checkpoint), "generate", checkpoint)
     out = Path(out)
     save_image(out, sample_grid(generator, seed, n, columns), scale=scale)
     record = {"checkpoint": str(checkpoint), "seed": seed, "n": n, "latent_indices": [0, n - 1],

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from gandissect import defaults
+from gandissect.core.hooks import stop_on_non_finite
 from gandissect.core.latents import generated_batches
-from gandissect.core.runs import start_run
+from gandissect.core.runs import finish_run, start_run
 from gandissect.data.images import folder_batches, scene_batches
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import write_json
@@ -32,6 +33,7 @@ def _finish(run_dir: Path, results: dict, caught: list) -> dict:
     for message in results["warnings"]:
         print(f"gandissect: warning: {message}", file=sys.stderr)
     write_json(run_dir / "results.json", results)
+    finish_run(run_dir)
     return {**results, "run_dir": str(run_dir)}
 
 
@@ -70,7 +72,8 @@ def run_fid_score(checkpoint: str, stats: str | Path, n: int, seed: int = 0, bac
         raise BadValueError(f"--n {n}, --batch-size {batch_size}: a distance needs n >= 2 images and batches of >= 1")
     real = load_statistics(stats)
     metric = _metric(backbone, weights, segmenter, device)
-    generator = load_generator(checkpoint).eval().to(metric.real_sum.device)
+    generator = stop_on_non_finite(load_generator(checkpoint), "fid score", checkpoint)
+    generator = generator.eval().to(metric.real_sum.device)
     if real["name"] is not None and real["name"] != metric.name:
         raise BadValueError(f"statistics file {stats} holds {real['name']} statistics; backbone {backbone!r} gives "
                             f"{metric.name}")

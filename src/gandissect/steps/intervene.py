@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 
 from gandissect.config import AceConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import edited_images, layer_shape
+from gandissect.core.hooks import edited_images, layer_shape, stop_on_non_finite
 from gandissect.core.latents import LatentBatches, seeded_latents
-from gandissect.core.runs import model_identity, runs_root, start_run, wandb_logger
+from gandissect.core.runs import finish_run, model_identity, runs_root, start_run, wandb_logger
 from gandissect.errors import GandissectError
 from gandissect.metrics.intervention import (ace, cell_fraction, class_mask, class_weighted_means, context_table,
                                              pixel_region, removal_curve)
@@ -180,7 +180,8 @@ def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None,
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     generator_id = model_identity(cfg.generator, generator)
     segmenter_id = model_identity(cfg.segmenter, segmenter)
-    generator = (load_generator(cfg.generator) if generator is None else generator).eval()
+    generator = (stop_on_non_finite(load_generator(cfg.generator), "ace", cfg.generator) if generator is None
+                 else generator).eval()
     segmenter = (SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter).eval()
     class_idx = class_index(segmenter, cfg.class_name)
     units_total = layer_shape(generator, cfg.layer)[0]  # an unknown layer stops here, listing the layers
@@ -226,6 +227,7 @@ def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None,
                    "processes": trainer.world_size},
     })
     write_ace_report(cfg, run_dir, result, logger, generator.cpu(), constants, module.grid_latents.cpu())
+    finish_run(run_dir)
     return result
 
 

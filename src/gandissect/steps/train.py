@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from gandissect.config import DevicesConfig, GANTrainConfig, SegmenterTrainConfig, TrainerConfig, to_dict
 from gandissect.core import distributed
 from gandissect.core.latents import generate, seeded_latents
-from gandissect.core.runs import machine_description, start_run, wandb_logger
+from gandissect.core.runs import finish_run, finish_wandb, machine_description, start_run, wandb_logger
 from gandissect.data import scenes
 from gandissect.data.images import scene_batches
 from gandissect.io import image_grid, save_image, write_json
@@ -143,7 +143,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
         module.model.cpu().eval().save(run_dir / "segmenter.safetensors")
         write_json(run_dir / "results.json", results)
     if logger is not None:
-        logger.experiment.finish()
+        finish_wandb(logger.experiment, run_dir)
+    finish_run(run_dir)
     return results
 
 
@@ -303,5 +304,6 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
         module.D.cpu().eval().save(run_dir / "discriminator.safetensors")
         write_json(run_dir / "results.json", results)
     if logger is not None:
-        logger.experiment.finish()
+        finish_wandb(logger.experiment, run_dir)
+    finish_run(run_dir)
     return results

@@ -58,7 +58,7 @@ class ClientError(Exception):
 
 
 def segmentation_url(labels: torch.Tensor) -> str:
-    return png_url((LABEL_COLORS[labels[0].numpy()] * 255).round().astype(np.uint8))
+    return png_url(LABEL_COLORS[labels[0].numpy()].astype(np.uint8))
 
 
 class PaintApp:
@@ -76,6 +76,7 @@ class PaintApp:
             strengths = self.concepts["layers"][c["layer"]]["strengths"]["units"]
             out.append({"name": c["name"], "layer": c["layer"], "ranking": c["ranking"], "category": c["category"],
                         "units": len(c["units"]), "strengths": strengths,
+                        "color": "#" + bytes(LABEL_COLORS[self.class_names.index(c["name"])]).hex(),
                         "resolution": self.concepts["layers"][c["layer"]]["shape"][1:],
                         "default": c["layer"] == self.default_layer})
         return out
@@ -172,12 +173,14 @@ class BodyLimit:
             more = message.get("more_body", False)
             if size > self.limit:
                 return await too_big(scope, receive, send)
-        body = b"".join(chunks)
+        body, replayed = b"".join(chunks), False
 
-        async def replay():
-            nonlocal body
-            message, body = {"type": "http.request", "body": body, "more_body": False}, b""
-            return message
+        async def replay():  # the body once, then the real channel (a response may wait on it for the disconnect)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
         return await self.app(scope, replay, send)
 
 
@@ -271,6 +274,7 @@ def serve(cfg, announce, log_level: str = "warning") -> None:
     except OSError as err:
         raise BadValueError(f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror}); pick another --port, or 0 "
                             "for a free one") from None
+    sock.listen(128)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(build_app(state), log_level=log_level, access_log=False))
     announce(f"http://{host}:{port}/")

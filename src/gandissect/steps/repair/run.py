@@ -15,7 +15,7 @@ from torch import nn
 
 from gandissect.config import RepairConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import fold_unit_scales, layer_shape, scaled_units, unit_alpha
+from gandissect.core.hooks import fold_unit_scales, layer_shape, scaled_units, stop_on_non_finite, unit_alpha
 from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import machine_description, model_identity
 from gandissect.errors import BadValueError, ConfigError
@@ -51,7 +51,8 @@ class RepairPlan:
 def plan_repair(cfg: RepairConfig, generator: nn.Module | None = None) -> RepairPlan:
     """Load the generator (or take the one given), check the layer, k and candidates, and build the FD metric."""
     generator_id = model_identity(cfg.generator, generator)
-    base = load_generator(cfg.generator) if generator is None else generator.eval()
+    base = stop_on_non_finite(load_generator(cfg.generator), "repair", cfg.generator) if generator is None \
+        else generator.eval()
     width = layer_shape(base, cfg.layer)[0]  # also refuses an unknown layer, listing the layers
     k = cfg.k or default_k(width)
     if 2 * k > width:
