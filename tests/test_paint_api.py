@@ -41,7 +41,7 @@ class Served:
         import uvicorn
 
         self.state = build_state(cfg)
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as server.serve does
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(build_app(self.state), log_level="error"))
@@ -123,8 +123,7 @@ def test_concepts_cover_every_class_at_two_layers(served):
     for layer, found in by_layer.items():
         assert set(found) == set(classes)
         for name, c in found.items():
-            ranked_by_ace = c["category"] in ("object", "part") and layer == "layer4"  # experiments/.../paint_prepare
-            assert c["ranking"] == f"{name}-{'ace' if ranked_by_ace else 'iou'}"
+            assert c["ranking"] == f"{name}-{'ace' if c['category'] in ('object', 'part') else 'iou'}"
             assert 1 <= c["strengths"]["low"] <= c["strengths"]["medium"] <= c["strengths"]["high"] <= c["units"]
 
 
@@ -182,6 +181,9 @@ def test_strokes_are_batched_as_they_would_run_alone(served):
 BAD = [  # (body or raw bytes, status, field fragment, message fragment)
     (b"{not json", 400, "body", "JSON"),
     (b"[1, 2]", 400, "body", "JSON object"),
+    (b'{"seed": Infinity}', 422, "seed", "finite"),
+    (b'{"seed": 1, "interventions": [{"concept": "tree", "action": "draw", "mask": [[NaN]]}]}', 422,
+     "interventions[0].mask", "0 or 1"),
     ({"seed": 1, "interventions": [{"concept": "unicorn", "action": "remove", "mask": [[1]]}]}, 422,
      "interventions[0].concept", "unknown concept"),
     ({"seed": 1, "interventions": [{"concept": "tree", "action": "paint", "mask": [[1]]}]}, 422,
@@ -249,9 +251,10 @@ def test_a_thousand_random_requests_never_get_a_5xx(served):
     valid = {"seed": 5, "interventions": [{"concept": "tree", "action": "remove", "strength": "low",
                                            "mask": [[1, 0], [0, 1]]}]}
     reference = served.client.post("/api/generate", json=valid).json()
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
-                     st.text(max_size=20), st.sampled_from(["tree", "remove", "draw", "high", "layer4",
-                                                            "data:image/png;base64,iVBORw0KGgo="]))
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+                     st.sampled_from(["tree", "remove", "draw", "high", "layer4",
+                                      "data:image/png;base64,iVBORw0KGgo="]))
     anything = st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=5),
                                                           st.dictionaries(st.text(max_size=12), inner, max_size=5)),
                             max_leaves=20)

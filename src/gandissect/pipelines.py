@@ -142,13 +142,13 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
                                                  f"dissection={run_dir / 'dissect'}", "wandb.mode=disabled",
                                                  *cfg.ace_set])
             ace_dir = run_dir / f"ace-{layer}-{name}"
-            done = ace_dir / "ace.json"
-            wanted = to_dict(acfg)
+            done, dissection_json = ace_dir / "ace.json", run_dir / "dissect" / "dissect.json"
+            wanted = {**to_dict(acfg), "dissection": str(dissection_json)}  # as run_ace records its settings
             if done.is_file() and {k: json.loads(done.read_text())["settings"].get(k) for k in wanted} == wanted:
                 aces.append(json.loads(done.read_text()))
                 continue
             try:
-                aces.append(intervene.run_ace(acfg, run_dir / "dissect" / "dissect.json", ace_dir))
+                aces.append(intervene.run_ace(acfg, dissection_json, ace_dir))
             except GandissectError as err:  # e.g. a class the generator never draws: its IoU ranking is used
                 skipped[f"{layer}/{name}"] = str(err)
     iou_removal = {}

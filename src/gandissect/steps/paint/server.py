@@ -76,7 +76,7 @@ class PaintApp:
             strengths = self.concepts["layers"][c["layer"]]["strengths"]["units"]
             out.append({"name": c["name"], "layer": c["layer"], "ranking": c["ranking"], "category": c["category"],
                         "units": len(c["units"]), "strengths": strengths,
-                        "color": "#" + bytes(LABEL_COLORS[self.class_names.index(c["name"])]).hex(),
+                        "color": [int(v) for v in LABEL_COLORS[self.class_names.index(c["name"])]],
                         "resolution": self.concepts["layers"][c["layer"]]["shape"][1:],
                         "default": c["layer"] == self.default_layer})
         return out
@@ -267,7 +267,10 @@ def serve(cfg, announce, log_level: str = "warning") -> None:
     import uvicorn
 
     state = build_state(cfg)
-    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on such sockets, and without it every
+    # answer waits ~40 ms for the client's delayed ACK (headers and body go out as two writes)
+    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((cfg.host, cfg.port))

@@ -11,12 +11,6 @@
   const MASK_SIZE = 512;
   const MAX_SEED = 2147483647;
   const CATEGORY_ORDER = ["object", "part", "stuff"];
-  // The segmentation overlay's colours per class (the server's label palette), used for the palette swatches.
-  const CLASS_COLORS = {
-    sky: [110, 170, 240], cloud: [235, 235, 235], mountain: [120, 100, 130], grass: [90, 190, 60],
-    road: [110, 110, 110], water: [30, 80, 200], tree: [20, 100, 30], building: [230, 190, 120],
-    roof: [200, 40, 30], dome: [240, 200, 0], door: [120, 60, 10], window: [40, 220, 230],
-  };
   const STROKE_COLORS = { remove: "rgb(255, 48, 96)", draw: "rgb(32, 224, 128)" };
 
   const $ = (id) => document.getElementById(id);
@@ -454,7 +448,7 @@
         button.setAttribute("aria-pressed", "false");
         const swatch = document.createElement("span");
         swatch.className = "swatch";
-        const color = entry.color || CLASS_COLORS[entry.name];
+        const color = entry.color;  // [r, g, b]: the class's colour in the segmentation overlay
         if (color) swatch.style.background = `rgb(${color[0]}, ${color[1]}, ${color[2]})`;
         button.appendChild(swatch);
         button.appendChild(document.createTextNode(entry.name));
