@@ -48,9 +48,9 @@ def bodies(count: int, seed: int) -> list[dict]:
             for _ in range(count)]
 
 
-def start(batching: bool) -> tuple[subprocess.Popen, str]:
+def start(batching: bool, settings: list[str]) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "gandissect.cli", "paint", "--port", "0",
-               "--set", f"batching={str(batching).lower()}"]
+               "--set", f"batching={str(batching).lower()}", *[a for s in settings for a in ("--set", s)]]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
     return server, json.loads(server.stdout.readline())["url"]
 
@@ -83,11 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=240, help="requests per case")
     parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of both servers (experiments/scenes/paint.yaml), e.g. wait_ms=10")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     results = {}
     for batching in (True, False):
-        server, url = start(batching)
+        server, url = start(batching, args.set)
         try:
             with httpx.Client(base_url=url, timeout=120) as http:  # warm-up: the 64 plain samples and the code paths
                 http.post("/api/generate", json={"seeds": list(range(16))})
@@ -95,7 +97,10 @@ def main() -> None:
                     http.post("/api/generate", json=body)
             for clients in counts:
                 name = f"{'batched' if batching else 'serialised'}_{clients}"
+                forwards = httpx.get(url + "api/health").json()["batches"]
                 results[name] = hammer(url, bodies(args.requests, clients), clients)
+                forwards = httpx.get(url + "api/health").json()["batches"] - forwards
+                results[name]["images_per_forward"] = round(args.requests / max(forwards, 1), 1)
                 print(name, results[name], file=sys.stderr, flush=True)
         finally:
             server.terminate()

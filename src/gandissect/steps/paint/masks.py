@@ -69,8 +69,10 @@ def _from_png(url: str, field: str) -> torch.Tensor:
         raise BadValueError(f"{field}: not a readable PNG ({type(err).__name__})") from None
     if image.width == 0 or image.height == 0:
         raise BadValueError(f"{field}: the PNG is empty")
-    if "A" in image.getbands() or "transparency" in image.info:
-        painted = np.asarray(image.convert("RGBA"))[..., 3] > 0
+    if "A" in image.getbands():
+        painted = np.asarray(image.getchannel("A")) > 0
+    elif "transparency" in image.info:
+        painted = np.asarray(image.convert("RGBA").getchannel("A")) > 0
     else:
         painted = np.asarray(image.convert("L")) > 0
     return torch.from_numpy(painted.astype(np.float32))
