@@ -46,36 +46,7 @@
 
   // ----- requests -----------------------------------------------------------------------------------------------
 
-  function describeError(data, response) {
-    if (data && data.error) {
-      let text = data.error;
-      if (data.field) text += ` (${data.field})`;
-      if (data.expected) text += `; expected ${data.expected}`;
-      return text;
-    }
-    return `the server answered ${response.status} ${response.statusText}`;
-  }
-
-  async function api(path, body) {
-    const init = body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    };
-    let response;
-    try {
-      response = await fetch(path, init);
-    } catch (err) {
-      throw new Error(`cannot reach the server (${err.message})`);
-    }
-    let data = null;
-    try {
-      data = await response.json();
-    } catch (err) {
-      data = null;
-    }
-    if (!response.ok) throw new Error(describeError(data, response));
-    if (data === null) throw new Error(`the server sent no JSON for ${path}`);
-    return data;
-  }
+  const api = gandissectApi;  // api.js
 
   function intervention(stroke) {
     return { concept: stroke.concept, action: stroke.action, strength: stroke.strength, layer: stroke.layer,

@@ -21,25 +21,7 @@
     status.classList.add("error");
   }
 
-  async function call(path, body) {
-    const init = body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    };
-    let response;
-    try {
-      response = await fetch(path, init);
-    } catch (err) {
-      throw new Error(`cannot reach the server (${err.message})`);
-    }
-    const data = await response.json().catch(() => null);
-    if (!response.ok) {
-      if (data && data.error) {
-        throw new Error(data.error + (data.expected ? `; ${data.expected}` : ""));
-      }
-      throw new Error(`the server answered ${response.status} ${response.statusText}`);
-    }
-    return data;
-  }
+  const call = gandissectApi;  // api.js
 
   async function show(img, src) {
     img.src = src;
