@@ -123,17 +123,18 @@ class PaintApp:
             raise ClientError(422, "interventions", f"{len(body.interventions)} interventions",
                               f"at most {limits.max_interventions}")
         strokes = self.strokes(body.interventions)
-        results = [self._answer(r, strokes, body.segmentation) for r in self.engine.render(seeds, strokes)]
+        rendered = self.engine.render(seeds, strokes)
+        size = tuple(rendered[0]["labels"].shape[-2:])
+        painted = [pooled(stroke.mask, size) >= 0.5 for stroke in strokes]  # each stroke's pixels, once per request
+        results = [self._answer(r, strokes, painted, body.segmentation) for r in rendered]
         return results[0] if body.seed is not None else {"results": results}
 
-    def _answer(self, result: dict, strokes: list[Stroke], segmentation: bool) -> dict:
-        size = tuple(result["labels"].shape[-2:])
+    def _answer(self, result: dict, strokes: list[Stroke], painted: list, segmentation: bool) -> dict:
         shares = []
-        for stroke in strokes:
-            painted = pooled(stroke.mask, size) >= 0.5
-            area = int(painted.sum())
-            before = (result["original_labels"] == stroke.class_index).any(0) & painted
-            after = (result["labels"] == stroke.class_index).any(0) & painted
+        for stroke, inside in zip(strokes, painted):
+            area = int(inside.sum())
+            before = (result["original_labels"] == stroke.class_index).any(0) & inside
+            after = (result["labels"] == stroke.class_index).any(0) & inside
             shares.append({"concept": stroke.concept, "layer": stroke.layer, "action": stroke.action,
                            "units": len(stroke.units), "painted_pixels": area,
                            "before": round(int(before.sum()) / area, 4) if area else None,
