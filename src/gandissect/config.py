@@ -152,10 +152,18 @@ class SegmenterTrainConfig:
 
 @dataclass
 class GANModelConfig:
+    arch: str = "progan"           # progan | stylegan2
     resolution: int = 64
     latent_dim: int = 128
+    # progan: the channels of each generator / discriminator layer; stylegan2: of each resolution 4, 8, .., R
     g_widths: list[int] = field(default_factory=lambda: [128, 128, 128, 128, 64, 64, 32, 32, 16, 16])
     d_widths: list[int] = field(default_factory=lambda: [16, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128])
+    n_mlp: int = 8                 # stylegan2: layers of the mapping network
+
+    def __post_init__(self):
+        if self.arch not in ("progan", "stylegan2"):
+            raise ConfigError(f"model.arch={self.arch!r}: expected progan or stylegan2")
+        _positive(self, "n_mlp")
 
 
 @dataclass
