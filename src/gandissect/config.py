@@ -266,6 +266,8 @@ class DemoConfig:
 class DissectConfig:
     name: str = "dissect"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     layers: list[str] = field(default_factory=lambda: ["layer4"])
     n: int = 10000                 # seeded latents 0..n-1 of stream `seed`
@@ -296,6 +298,8 @@ class AceConfig:
 
     name: str = "ace"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     layer: str = "layer4"
     class_name: str = "tree"
@@ -541,6 +545,8 @@ class EvaluationConfig:
 class RepairConfig:
     name: str = "repair"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER   # the FD-scenes backbone
     layer: str = "layer4"
     k: int | None = None           # units to ablate; null: round(4% of the layer's units), as 20 of 512 in the paper
@@ -667,6 +673,8 @@ class PaintConfig:
     """``gandissect paint``: the GANPaint server (and the rating page when ``rate_run`` names a repair run)."""
 
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     concepts: str = defaults.PAINT_CONCEPTS
     latent_stream: int = 0         # seed s of a request is latent s of this stream (as in a dissection of seed 0)
@@ -693,6 +701,8 @@ class PaintPrepareConfig:
 
     name: str = "paint-prepare"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     layers: list[str] = field(default_factory=lambda: ["layer4", "layer6"])  # the first is the default layer
     n: int = 2000                  # latents of the dissection (stream 0)
