@@ -365,11 +365,11 @@ def _commands(parser, prefix=""):
 
 
 ALL = {"demo", "dissect", "ace", "repair", "scenes", "train segmenter", "train gan", "eval segmenter", "eval gan",
-       "generate", "fid stats", "fid score", "paint", "paint prepare", "rate summary"}
+       "generate", "fid stats", "fid score", "paint", "paint prepare", "rate summary", "layers"}
 COMMON = {  # flag: the commands that take it (the others have no such setting)
-    "--config": ALL, "--set": ALL, "--seed": ALL - {"paint", "paint prepare", "rate summary"},
-    "--n": ALL - {"train segmenter", "train gan", "paint", "rate summary"},
-    "--name": ALL - {"scenes", "generate", "paint", "rate summary"},  # these write into --out, or nothing
+    "--config": ALL, "--set": ALL, "--seed": ALL - {"paint", "paint prepare", "rate summary", "layers"},
+    "--n": ALL - {"train segmenter", "train gan", "paint", "rate summary", "layers"},
+    "--name": ALL - {"scenes", "generate", "paint", "rate summary", "layers"},  # these write into --out, or nothing
     "--checkpoint": ALL - {"scenes", "fid stats", "train segmenter", "train gan", "rate summary"},
     "--out": {"scenes", "generate", "fid stats", "paint prepare"},
     "--layer": {"demo", "dissect", "ace", "repair", "paint prepare"},

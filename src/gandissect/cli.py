@@ -43,9 +43,9 @@ from pathlib import Path
 
 from gandissect import __version__, defaults
 from gandissect.config import (AceConfig, DemoConfig, DissectConfig, EvalGANConfig, EvalSegmenterConfig,
-                               FidScoreConfig, FidStatsConfig, GANTrainConfig, GenerateConfig, PaintConfig,
-                               PaintPrepareConfig, RateSummaryConfig, RepairConfig, ScenesConfig, SegmenterTrainConfig,
-                               check_run_name, check_seed, load_config)
+                               FidScoreConfig, FidStatsConfig, GANTrainConfig, GenerateConfig, LayersConfig,
+                               PaintConfig, PaintPrepareConfig, RateSummaryConfig, RepairConfig, ScenesConfig,
+                               SegmenterTrainConfig, check_run_name, check_seed, load_config)
 from gandissect.core.runs import check_run_free, check_wandb_login, release_runs, runs_root
 from gandissect.errors import BadValueError, ConfigError, GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
@@ -231,6 +231,18 @@ class _Parser(argparse.ArgumentParser):
         return action
 
 
+def _layers(args) -> dict:
+    cfg = _config(LayersConfig, args)
+    _required(cfg, checkpoint="--checkpoint")
+    from gandissect.models.generators import describe, describe_layers, load_generator
+
+    generator = load_generator(cfg.checkpoint, allow_pickle=cfg.allow_pickle)
+    rows = [row for row in describe_layers(generator) if cfg.all or row["dissectable"]]
+    for row in rows:  # the table for a person on stderr; JSON on stdout
+        print(f"{row['layer']:<24} {row['units']:>5} units  {row['height']}x{row['width']}", file=sys.stderr)
+    return {"checkpoint": cfg.checkpoint, **describe(generator), "layers": rows}
+
+
 def _command(sub, name: str, help: str, cls, func, config_default: str | None = None,
              config_required: bool = False) -> argparse.ArgumentParser:
     """A subcommand of config ``cls``: --config, --set, and (with ``_flag``) its flags."""
@@ -333,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--real-seed", "real_seed", "world seed of the real scenes", int)
     _flag(p, "--segmenter", "segmenter", "")
     _flag(p, "--name", "name", "run directory name under runs/")
+
+    p = _command(sub, "layers", "the layers of a generator (any format gandissect reads) with units and size",
+                 LayersConfig, _layers)
+    _flag(p, "--checkpoint", "checkpoint", "generator: a checkpoint file or package.module:function", required=True)
+    p.add_argument("--all", dest="all", action="store_const", const=True, default=None,
+                   help="every submodule with a feature-map output, not only the generator's own layers")
+    p.get_default("flag_keys").append("all")
 
     p = _command(sub, "generate", "a grid of images from a generator for seeded latents", GenerateConfig, _generate)
     _flag(p, "--checkpoint", "checkpoint", "generator checkpoint", required=True)

@@ -385,6 +385,15 @@ class GenerateConfig:
 
 
 @dataclass
+class LayersConfig:
+    """``gandissect layers``: the layers of a generator a user can dissect, with their shapes."""
+
+    checkpoint: str | None = None  # the generator (required): a file of any format read, or package.module:function
+    all: bool = False              # every submodule with a feature-map output, not only the generator's own layers
+    allow_pickle: bool = False     # read a generator file holding pickled Python objects (runs its code)
+
+
+@dataclass
 class FidStatsConfig:
     """``gandissect fid stats``: feature statistics of real images, saved as pytorch-fid's .npz."""
 
