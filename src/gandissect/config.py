@@ -385,6 +385,20 @@ class GenerateConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``gandissect compare``: finished dissections (and ACE and repair runs of their generators) side by side."""
+
+    name: str = "compare"
+    dissections: list[str] = field(default_factory=list)  # dissect runs: names under runs/, directories or files
+    labels: list[str] = field(default_factory=list)        # one per dissection (empty: the run names)
+    ace: list[str] = field(default_factory=list)           # ACE runs, each matched to a model by its generator
+    repairs: list[str] = field(default_factory=list)       # repair runs, likewise
+
+    def __post_init__(self):
+        check_run_name(self.name)
+
+
+@dataclass
 class LayersConfig:
     """``gandissect layers``: the layers of a generator a user can dissect, with their shapes."""
 
