@@ -175,7 +175,7 @@ def test_repair_command_end_to_end(isolated_runs):
     assert result["artifact_fraction"]["seed"] == fd["seed"] != result["artifact_fraction"]["selection"]["seed"]
 
     # a rerun under the same name with another artifact segmenter starts its dissection over, not fails
-    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", "routes=[iou_effect,iou]", *TINY,
+    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", *TINY, "routes=[iou]", "random_draws=2",
                     "artifact.calibration_n=32")
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((run / "repair.json").read_text())
