@@ -36,7 +36,7 @@ from gandissect.core.tally import TallyFile
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts
 from gandissect.models.progan import load_generator
-from gandissect.models.segmenter import SceneSegmenter
+from gandissect.models.segmenter import segmenter_and_identity
 from gandissect.report.dissection import draw_strips, layer_chart, layers_chart, log_to_wandb, write_dissection_report
 
 BINS = 1024
@@ -260,10 +260,9 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     generator_id = model_identity(cfg.generator, generator)
-    segmenter_id = model_identity(cfg.segmenter, segmenter)
     generator = stop_on_non_finite(load_generator(cfg.generator), "dissect", cfg.generator) if generator is None \
         else generator
-    segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
+    segmenter, segmenter_id = segmenter_and_identity(cfg.segmenter, segmenter)
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
     start_run(cfg.name, cfg, root=run_dir)
