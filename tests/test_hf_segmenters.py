@@ -3,12 +3,14 @@ test and read back through ``segmenter: hf:<directory>`` (nothing is downloaded)
 errors of a bad ``segmenter:`` value, and dissection + ACE of a generator in the official LSUN ProGAN layout."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 
 import gandissect  # noqa: F401  (the torchvision fix transformers needs on CPU-only torch)
-from gandissect.config import AceConfig, DissectConfig, load_config
+from gandissect.config import AceConfig, DissectConfig, RepairConfig, load_config
 from gandissect.core.latents import seeded_latents
 from gandissect.errors import ConfigError
 from gandissect.models.hf_segmenters import ADE20K_CLASSES, ModelUnavailableError
@@ -16,6 +18,9 @@ from gandissect.models.progan import ProGANGenerator, load_generator
 from gandissect.models.segmenter import SceneSegmenter, class_index, load_segmenter
 from gandissect.pipelines import run_ace_pipeline
 from gandissect.steps.dissect import run_dissection
+from gandissect.steps.repair.run import check_segmenter
+
+from .conftest import REPO, console_script
 
 transformers = pytest.importorskip("transformers")
 
@@ -108,7 +113,7 @@ def test_a_factory_spec_gives_the_users_segmenter():
 
 @pytest.mark.parametrize("spec, expected", [
     ("hf:nobody/no-such-segformer", ["segmenter hf:nobody/no-such-segformer: model 'nobody/no-such-segformer' is not",
-                                     "huggingface-cli download nobody/no-such-segformer", "segmenter=hf:DIR"]),
+                                     "hf download nobody/no-such-segformer", "segmenter=hf:DIR"]),
     ("hf:", ["segmenter 'hf:': expected hf:<model id or local directory>"]),
     ("models/segformer.pt", ["segmenter 'models/segformer.pt': not found; expected a scene-segmenter .safetensors",
                              "hf:<model id or local directory>", "package.module:factory"]),
@@ -120,6 +125,30 @@ def test_a_bad_segmenter_value_is_one_line_naming_it(spec, expected):
         load_segmenter(spec)
     message = str(caught.value)
     assert "\n" not in message and all(part in message for part in expected), message
+
+
+def test_an_empty_directory_is_named_as_such(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="the directory holds no model config"):
+        load_segmenter(f"hf:{tmp_path}")
+
+
+def test_the_command_line_refuses_an_unavailable_model_in_one_line_before_any_work(tmp_path):
+    done = subprocess.run([console_script(), "dissect", "--set", "segmenter=hf:nobody/no-such-segformer", "--n", "8"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "GANDISSECT_RUNS": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "hf download nobody/no-such-segformer" in lines[0], lines
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_repair_with_another_segmenter_needs_fid_and_no_world_rules():
+    cfg = load_config(RepairConfig, None, ["segmenter=hf:nvidia/segformer-b0-finetuned-ade-512-512"])
+    with pytest.raises(ConfigError, match="inception_weights=<pytorch-fid weights file> .FID. and evaluation.rules_n"):
+        check_segmenter(cfg, "scenes")
+    with pytest.raises(ConfigError, match="scene world's rules"):
+        check_segmenter(cfg, "inception")
+    check_segmenter(load_config(RepairConfig, None, ["segmenter=hf:x", "evaluation.rules_n=0"]), "inception")
+    check_segmenter(load_config(RepairConfig, None, []), "scenes")  # the scene segmenter: as before
 
 
 def _official_file(tmp_path) -> str:

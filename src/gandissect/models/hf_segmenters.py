@@ -202,11 +202,14 @@ def load_hf_segmenter(source: str) -> HFSegmenter:
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as err:
+        if Path(source).is_dir():
+            raise ModelUnavailableError(f"segmenter {spec}: the directory holds no model config ({_first_line(err)}); "
+                                        "expected a directory written by save_pretrained") from None
         raise ModelUnavailableError(
-            f"segmenter {spec}: model {source!r} is not a local directory and not in the Hugging Face cache "
-            f"({_first_line(err)}); nothing is downloaded at run time: on a machine with network run "
-            f"`huggingface-cli download {source}` (then copy ~/.cache/huggingface or set HF_HOME), or save the model "
-            "with save_pretrained(DIR) and use segmenter=hf:DIR") from None
+            f"segmenter {spec}: model {source!r} is not a local directory and not in the Hugging Face cache, and "
+            f"nothing is downloaded at run time: on a machine with network run `hf download {source}` (older "
+            "huggingface_hub: `huggingface-cli download`) and copy its cache (~/.cache/huggingface, or HF_HOME) here, "
+            "or save the model with save_pretrained(DIR) and use segmenter=hf:DIR") from None
     auto = (transformers.AutoModelForUniversalSegmentation if config.model_type == "mask2former"
             else transformers.AutoModelForSemanticSegmentation)
     try:
