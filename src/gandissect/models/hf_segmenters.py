@@ -75,7 +75,7 @@ class ModelUnavailableError(CheckpointError):
     """A ``hf:`` model that is neither a local directory nor in the cache; the message says how to provide it."""
 
 
-def _transformers(spec: str):
+def import_transformers(spec: str = "hf:"):
     """``transformers``, imported on first use (it takes seconds), after the CPU-torch torchvision fix it needs."""
     from gandissect._compat import ensure_torchvision_importable
 
@@ -198,7 +198,7 @@ def load_hf_segmenter(source: str) -> HFSegmenter:
     """The model ``source`` (a local directory or a Hugging Face model id already in the cache) as an HFSegmenter,
     or a ModelUnavailableError saying how to provide it."""
     spec = f"hf:{source}"
-    transformers = _transformers(spec)
+    transformers = import_transformers(spec)
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as err:
