@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="latents (default: 10000 on a GPU, 64 on the CPU)")
     parser.add_argument("--small-n", type=int, default=None, help="latents of the memory comparison's small run "
                                                                   "(default: 1000 on a GPU, 16 on the CPU)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 16 on the CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on the CPU")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--options", default="", help=f"comma-separated, GPU only: {', '.join(OPTIONS)}")
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest IoU difference an option may make")
@@ -196,7 +196,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     args.n = args.n or (10000 if gpu else 64)
     args.small_n = args.small_n or (1000 if gpu else 16)
-    args.batch_size = args.batch_size or (64 if gpu else 16)
+    args.batch_size = args.batch_size or (64 if gpu else 8)
     options = [o for o in args.options.split(",") if o]
     if any(o not in OPTIONS for o in options):
         raise SystemExit(f"--options: expected some of {', '.join(OPTIONS)}, got {args.options!r}")

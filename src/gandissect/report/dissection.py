@@ -121,10 +121,13 @@ def write_dissection_report(run_dir: Path, result: dict) -> Path:
 
 @torch.no_grad()
 def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor, seed: int,
-                out_dir: Path, batch_size: int = 64, units_per_block: int = 64) -> list[Path]:
+                out_dir: Path, batch_size: int = 64, max_images: int = 512) -> list[Path]:
     """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths.
-    Units are drawn ``units_per_block`` at a time, so memory holds at most that many units' top images (at 512
-    units of 256px images, all of them at once would be ~1 GB, more for 10,000 samples than for 1,000)."""
+    Each image is made once when the units' top images are at most ``max_images`` distinct samples; beyond that,
+    units are drawn in blocks whose top images number at most ``max_images`` (a sample shared by two blocks is
+    made twice), so memory does not grow with the samples (512 units x 8 distinct 256px images: 0.8 GB)."""
+    distinct = int(torch.unique(top_indices[top_indices >= 0]).numel())
+    units_per_block = len(top_indices) if distinct <= max_images else max(1, max_images // top_indices.shape[1])
     paths = []
     with NetHook(generator, [layer]) as hook:
         for first in range(0, len(top_indices), units_per_block):
