@@ -305,7 +305,7 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
         summary = summarize(counts, classes, categories, cfg.iou_threshold)
         thresholds, (top_scores, top_indices) = module.thresholds[key], module.top[key]
         strip_dir = run_dir / "strips" / name
-        strips = draw_strips(generator, name, thresholds, top_indices, cfg.seed, strip_dir)
+        strips = draw_strips(generator, name, thresholds, top_indices, cfg.seed, strip_dir, cfg.batch_size)
         for u, unit in enumerate(summary["units_detail"]):
             unit.update({"threshold": round(float(thresholds[u]), 6),
                          "top_images": [int(i) for i in top_indices[u] if i >= 0],
