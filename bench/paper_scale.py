@@ -156,6 +156,11 @@ def report(args, forwards: list[dict], bigs: list[dict], smalls: list[dict], opt
           f"command {big['wall_s']:.1f} s")
     print(f"    (a) ratio passes / forward = {big['passes_s'] / forward['wall_s']:.3f}   (target <= 1.15); whole "
           f"command / forward = {big['wall_s'] / forward['wall_s']:.3f}")
+    small = min(smalls, key=lambda r: r["passes_s"])
+    per_latent = (big["passes_s"] - small["passes_s"]) / (args.n - args.small_n)  # the fixed costs drop out
+    print(f"        per extra latent: passes {per_latent:.3f} s vs forward {forward['wall_s'] / args.n:.3f} s, ratio "
+          f"{per_latent * args.n / forward['wall_s']:.3f} (what the ratio tends to at large N; the passes of "
+          f"{args.small_n} latents took {small['passes_s']:.1f} s)")
     print(f"    (b) peak memory {args.n} latents {big_peak:.0f} MB, {args.small_n} latents {small_peak:.0f} MB: "
           f"ratio = {big_peak / small_peak:.3f}   (target <= 1.1)")
     return {"forward_s": forward["wall_s"], "passes_s": big["passes_s"], "table": big["table"]}
