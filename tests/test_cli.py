@@ -70,7 +70,7 @@ def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
     tiny_ace = "[class_name=tree, n=32, constants_n=64, steps=4, batch_size=8, removal_units=3, top_units=3]"
     tiny_repair = ("[dissect_n=64, effect_n=16, fd_n=160, real_n=160, batch_size=32, k=2, candidates=3, "
                    "artifact.calibration_n=64, artifact.check_n=32, artifact.finetune_steps=2, random_draws=3, "
-                   "evaluation.resamples=30, evaluation.kid_subsets=5]")
+                   "evaluation.resamples=30, evaluation.kid_subsets=5, evaluation.rules_n=64]")
     done = gandissect("demo", "--set", "n=16", "--set", "stats_n=32", "--set", "dissect_n=64",
                       "--set", f"ace_set={tiny_ace}", "--set", f"repair_set={tiny_repair}", env_runs=tmp_path / "runs")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -127,3 +127,37 @@ def test_two_process_ddp_run_logs_from_rank_zero_only(tmp_path):
     history = read_offline_history(tmp_path / "ddp")
     assert len([row for row in history if "train/d_loss" in row]) == 4
     assert len([row for row in history if "fd_scenes" in row]) == 2
+
+
+def test_the_stylegan2_config_trains_through_the_same_module(tmp_path):
+    """experiments/scenes/stylegan2.yaml, shrunk: the same Lightning module trains a StyleGAN2 with fresh noise while
+    its EMA copy keeps the fixed buffers, and the saved generator has the average w that truncation needs."""
+    from gandissect.models.generators import load_discriminator as load_any_discriminator
+    from gandissect.models.generators import load_generator as load_any_generator
+    from gandissect.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+
+    cfg = load_config(GANTrainConfig, REPO / "experiments/scenes/stylegan2.yaml",
+                      TINY + ["model.g_widths=[16, 16, 8, 8]", "model.d_widths=[16, 16, 8, 8]", "model.n_mlp=2",
+                              "name=tiny-sg2", "trainer.max_steps=3", "monitor.fd_every=0", "monitor.sample_every=0"])
+    results = train_gan(cfg, run_dir=tmp_path / "tiny-sg2")
+    assert results["steps"] == 3
+    g = load_any_generator(tmp_path / "tiny-sg2" / "generator.safetensors")
+    d = load_any_discriminator(tmp_path / "tiny-sg2" / "discriminator.safetensors")
+    assert isinstance(g, StyleGAN2Generator) and isinstance(d, StyleGAN2Discriminator)
+    assert g.channels == {4: 16, 8: 16, 16: 8, 32: 8} and not g.random_noise
+    assert g.latent_avg.abs().sum() > 0
+    state = torch.load(tmp_path / "tiny-sg2" / "lightning" / "last.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert not torch.equal(state["G.convs.0.conv.weight"], state["G_ema.convs.0.conv.weight"])
+    z = torch.randn(2, 8)
+    assert torch.equal(g(z), g(z))
+
+
+def test_a_stylegan2_config_with_the_wrong_number_of_widths_is_refused():
+    from gandissect.errors import ConfigError
+    from gandissect.steps.train import build_gan
+
+    cfg = load_config(GANTrainConfig, REPO / "experiments/scenes/stylegan2.yaml", ["model.g_widths=[16, 16]"])
+    with pytest.raises(ConfigError, match=r"model.g_widths: a 64px StyleGAN2 takes one width per resolution "
+                                          r"\[4, 8, 16, 32, 64\]; got \[16, 16\]"):
+        build_gan(cfg.model)

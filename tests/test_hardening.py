@@ -365,12 +365,12 @@ def _commands(parser, prefix=""):
 
 
 ALL = {"demo", "dissect", "ace", "repair", "scenes", "train segmenter", "train gan", "eval segmenter", "eval gan",
-       "generate", "fid stats", "fid score", "paint", "paint prepare", "rate summary"}
+       "generate", "fid stats", "fid score", "paint", "paint prepare", "rate summary", "layers", "compare"}
 COMMON = {  # flag: the commands that take it (the others have no such setting)
-    "--config": ALL, "--set": ALL, "--seed": ALL - {"paint", "paint prepare", "rate summary"},
-    "--n": ALL - {"train segmenter", "train gan", "paint", "rate summary"},
-    "--name": ALL - {"scenes", "generate", "paint", "rate summary"},  # these write into --out, or nothing
-    "--checkpoint": ALL - {"scenes", "fid stats", "train segmenter", "train gan", "rate summary"},
+    "--config": ALL, "--set": ALL, "--seed": ALL - {"paint", "paint prepare", "rate summary", "layers", "compare"},
+    "--n": ALL - {"train segmenter", "train gan", "paint", "rate summary", "layers", "compare"},
+    "--name": ALL - {"scenes", "generate", "paint", "rate summary", "layers"},  # these write into --out, or nothing
+    "--checkpoint": ALL - {"scenes", "fid stats", "train segmenter", "train gan", "rate summary", "compare"},
     "--out": {"scenes", "generate", "fid stats", "paint prepare"},
     "--layer": {"demo", "dissect", "ace", "repair", "paint prepare"},
 }

@@ -89,3 +89,17 @@ def test_default_paths_live_in_one_place():
     literal = [f"{p.relative_to(PACKAGE)}" for p in PACKAGE.rglob("*.py") if p.name != "defaults.py"
                and ("\"checkpoints/" in p.read_text() or "\"experiments/" in p.read_text())]
     assert not literal, f"default paths written outside gandissect/defaults.py: {literal}"
+
+
+ARCHITECTURES = ("gandissect.models.progan", "gandissect.models.stylegan2", "gandissect.models.legacy")
+GENERATOR_USERS = ("gandissect.steps.dissect", "gandissect.steps.intervene", "gandissect.steps.repair",
+                   "gandissect.steps.paint", "gandissect.steps.artifacts", "gandissect.steps.evaluate",
+                   "gandissect.steps.fid", "gandissect.pipelines")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if within(m, GENERATOR_USERS)))
+def test_the_steps_know_no_architecture(module):
+    """Dissect, intervene, repair and paint read generators through gandissect.models.generators only (the generator
+    contract); only training builds a particular architecture."""
+    bad = {name for name in MODULES[module] if within(name, ARCHITECTURES)}
+    assert not bad, f"{module} imports {sorted(bad)}"

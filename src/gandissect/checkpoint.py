@@ -8,7 +8,10 @@ message that says what it holds and what was expected.
 
 from __future__ import annotations
 
+import argparse
 import json
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -56,8 +59,10 @@ def read_checkpoint(path: str | Path, expected_arch: str) -> tuple[dict, dict[st
     return config, tensors
 
 
-def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict:
-    """A PyTorch state dict file (.pth / .pt, loaded with ``weights_only``), checked to hold finite tensors."""
+def read_state_dict(path: str | Path, what: str = "checkpoint", allow_pickle: bool = False) -> dict:
+    """A PyTorch state dict file (.pth / .pt), checked to hold finite tensors. Loaded with ``weights_only`` (tensors,
+    plain containers and ``argparse.Namespace``, which rosinality's files carry); other Python objects are refused
+    with a one-line error naming the risk unless ``allow_pickle`` (then the file is unpickled as it is)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
@@ -68,7 +73,16 @@ def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict:
         raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict file{_text_hint(path)}; expected "
                               "a .pth/.pt file from torch.save or a .safetensors checkpoint written by gandissect")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if allow_pickle or not found:
+            raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict ({_first_line(err)})") \
+                from None
+        raise CheckpointError(f"{what} {path} holds pickled Python objects ({found.group(1)}), and unpickling can run "
+                              "any code the file holds; pass allow_pickle=true (--set allow_pickle=true) only for a "
+                              "file you trust") from None
     except Exception as err:  # torch raises many types for a corrupt file
         raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch state dict ({_first_line(err)})") from None
     if not isinstance(loaded, dict):

@@ -42,10 +42,10 @@ import warnings
 from pathlib import Path
 
 from gandissect import __version__, defaults
-from gandissect.config import (AceConfig, DemoConfig, DissectConfig, EvalGANConfig, EvalSegmenterConfig,
-                               FidScoreConfig, FidStatsConfig, GANTrainConfig, GenerateConfig, PaintConfig,
-                               PaintPrepareConfig, RateSummaryConfig, RepairConfig, ScenesConfig, SegmenterTrainConfig,
-                               check_run_name, check_seed, load_config)
+from gandissect.config import (AceConfig, CompareConfig, DemoConfig, DissectConfig, EvalGANConfig, EvalSegmenterConfig,
+                               FidScoreConfig, FidStatsConfig, GANTrainConfig, GenerateConfig, LayersConfig,
+                               PaintConfig, PaintPrepareConfig, RateSummaryConfig, RepairConfig, ScenesConfig,
+                               SegmenterTrainConfig, check_run_name, check_seed, load_config)
 from gandissect.core.runs import check_run_free, check_wandb_login, release_runs, runs_root
 from gandissect.errors import BadValueError, ConfigError, GandissectError
 from gandissect.io import check_writable_dir, check_writable_file, json_text
@@ -53,6 +53,9 @@ from gandissect.io import check_writable_dir, check_writable_file, json_text
 
 # Each command reads its config and checks where it will write first, and imports its step only then, so `--help`
 # and a refused input are fast and nothing is computed for a run that cannot be saved.
+LIST_FLAGS = {"layers", "dissections", "labels", "ace", "repairs"}  # flags taking comma-separated lists
+
+
 def _config(cls, args):
     """The command's config: its --config file, the --set overrides, then the flags given (each sets one key)."""
     overrides = list(args.set)
@@ -60,8 +63,8 @@ def _config(cls, args):
         value = getattr(args, key)
         if value is None:
             continue
-        if key == "layers":  # --layers layer3,layer4
-            overrides.append(f"layers=[{value}]")
+        if key in LIST_FLAGS:  # --layers layer3,layer4
+            overrides.append(f"{key}=[{', '.join(json.dumps(item.strip()) for item in value.split(','))}]")
         else:  # a JSON string is a YAML string: a path with ':' or '#' stays a string
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     return load_config(cls, args.config, overrides)
@@ -231,6 +234,27 @@ class _Parser(argparse.ArgumentParser):
         return action
 
 
+def _compare(args) -> dict:
+    cfg = _config(CompareConfig, args)
+    if not cfg.dissections:
+        raise ConfigError("compare: give the dissections with --dissections A,B (or dissections: in --config)")
+    from gandissect.steps.compare import run_compare
+
+    return run_compare(cfg)
+
+
+def _layers(args) -> dict:
+    cfg = _config(LayersConfig, args)
+    _required(cfg, checkpoint="--checkpoint")
+    from gandissect.models.generators import describe, describe_layers, load_generator
+
+    generator = load_generator(cfg.checkpoint, allow_pickle=cfg.allow_pickle)
+    rows = [row for row in describe_layers(generator) if cfg.all or row["dissectable"]]
+    for row in rows:  # the table for a person on stderr; JSON on stdout
+        print(f"{row['layer']:<24} {row['units']:>5} units  {row['height']}x{row['width']}", file=sys.stderr)
+    return {"checkpoint": cfg.checkpoint, **describe(generator), "layers": rows}
+
+
 def _command(sub, name: str, help: str, cls, func, config_default: str | None = None,
              config_required: bool = False) -> argparse.ArgumentParser:
     """A subcommand of config ``cls``: --config, --set, and (with ``_flag``) its flags."""
@@ -333,6 +357,21 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--real-seed", "real_seed", "world seed of the real scenes", int)
     _flag(p, "--segmenter", "segmenter", "")
     _flag(p, "--name", "name", "run directory name under runs/")
+
+    p = _command(sub, "compare", "dissections of several models, layers or checkpoints side by side (writes "
+                                 "runs/<name>/)", CompareConfig, _compare)
+    _flag(p, "--dissections", "dissections", "dissect runs (names under runs/ or directories), comma-separated")
+    _flag(p, "--labels", "labels", "one label per dissection, comma-separated")
+    _flag(p, "--ace", "ace", "ACE runs of those generators, comma-separated")
+    _flag(p, "--repairs", "repairs", "repair runs of those generators, comma-separated")
+    _flag(p, "--name", "name", "run directory name under runs/")
+
+    p = _command(sub, "layers", "the layers of a generator (any format gandissect reads) with units and size",
+                 LayersConfig, _layers)
+    _flag(p, "--checkpoint", "checkpoint", "generator: a checkpoint file or package.module:function", required=True)
+    p.add_argument("--all", dest="all", action="store_const", const=True, default=None,
+                   help="every submodule with a feature-map output, not only the generator's own layers")
+    p.get_default("flag_keys").append("all")
 
     p = _command(sub, "generate", "a grid of images from a generator for seeded latents", GenerateConfig, _generate)
     _flag(p, "--checkpoint", "checkpoint", "generator checkpoint", required=True)

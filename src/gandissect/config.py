@@ -152,10 +152,18 @@ class SegmenterTrainConfig:
 
 @dataclass
 class GANModelConfig:
+    arch: str = "progan"           # progan | stylegan2
     resolution: int = 64
     latent_dim: int = 128
+    # progan: the channels of each generator / discriminator layer; stylegan2: of each resolution 4, 8, .., R
     g_widths: list[int] = field(default_factory=lambda: [128, 128, 128, 128, 64, 64, 32, 32, 16, 16])
     d_widths: list[int] = field(default_factory=lambda: [16, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128])
+    n_mlp: int = 8                 # stylegan2: layers of the mapping network
+
+    def __post_init__(self):
+        if self.arch not in ("progan", "stylegan2"):
+            raise ConfigError(f"model.arch={self.arch!r}: expected progan or stylegan2")
+        _positive(self, "n_mlp")
 
 
 @dataclass
@@ -258,6 +266,8 @@ class DemoConfig:
 class DissectConfig:
     name: str = "dissect"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     layers: list[str] = field(default_factory=lambda: ["layer4"])
     n: int = 10000                 # seeded latents 0..n-1 of stream `seed`
@@ -288,6 +298,8 @@ class AceConfig:
 
     name: str = "ace"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     layer: str = "layer4"
     class_name: str = "tree"
@@ -370,6 +382,29 @@ class GenerateConfig:
     out: str | None = None         # the PNG file (required); its record goes beside it as .json
     columns: int = 8
     scale: int = 2
+
+
+@dataclass
+class CompareConfig:
+    """``gandissect compare``: finished dissections (and ACE and repair runs of their generators) side by side."""
+
+    name: str = "compare"
+    dissections: list[str] = field(default_factory=list)  # dissect runs: names under runs/, directories or files
+    labels: list[str] = field(default_factory=list)        # one per dissection (empty: the run names)
+    ace: list[str] = field(default_factory=list)           # ACE runs, each matched to a model by its generator
+    repairs: list[str] = field(default_factory=list)       # repair runs, likewise
+
+    def __post_init__(self):
+        check_run_name(self.name)
+
+
+@dataclass
+class LayersConfig:
+    """``gandissect layers``: the layers of a generator a user can dissect, with their shapes."""
+
+    checkpoint: str | None = None  # the generator (required): a file of any format read, or package.module:function
+    all: bool = False              # every submodule with a feature-map output, not only the generator's own layers
+    allow_pickle: bool = False     # read a generator file holding pickled Python objects (runs its code)
 
 
 @dataclass
@@ -533,6 +568,8 @@ class EvaluationConfig:
 class RepairConfig:
     name: str = "repair"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER   # the FD-scenes backbone
     layer: str = "layer4"
     k: int | None = None           # units to ablate; null: round(4% of the layer's units), as 20 of 512 in the paper
@@ -659,6 +696,8 @@ class PaintConfig:
     """``gandissect paint``: the GANPaint server (and the rating page when ``rate_run`` names a repair run)."""
 
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     concepts: str = defaults.PAINT_CONCEPTS
     latent_stream: int = 0         # seed s of a request is latent s of this stream (as in a dissection of seed 0)
@@ -685,6 +724,8 @@ class PaintPrepareConfig:
 
     name: str = "paint-prepare"
     generator: str = defaults.SCENE_GAN_GENERATOR
+    truncation: float | None = None  # StyleGAN2: pull w towards its average (0.7 is common); null: as saved
+    allow_pickle: bool = False       # read a generator file holding pickled Python objects (runs its code)
     segmenter: str = defaults.SCENE_SEGMENTER
     layers: list[str] = field(default_factory=lambda: ["layer4", "layer6"])  # the first is the default layer
     n: int = 2000                  # latents of the dissection (stream 0)

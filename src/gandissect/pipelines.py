@@ -23,13 +23,13 @@ import torch.nn as nn
 from gandissect.config import (AceConfig, DissectConfig, PaintPrepareConfig, RepairConfig, WandbConfig, load_config,
                                to_dict)
 from gandissect.core import distributed
-from gandissect.core.runs import finish_run, model_identity, module_digest, runs_root, start_run
+from gandissect.core.runs import finish_run, module_digest, runs_root, start_run
 from gandissect.errors import GandissectError
 from gandissect.io import write_json
 from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
 from gandissect.metrics.intervention import removal_curve
-from gandissect.models.progan import load_generator
+from gandissect.models.generators import generator_identity, open_generator
 from gandissect.models.segmenter import load_segmenter
 from gandissect.steps.paint.concepts import build_concepts, iou_order
 
@@ -60,7 +60,7 @@ def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.
     if segmenter is None and not Path(cfg.segmenter).is_file():  # hf: or a factory: loaded once for every step
         segmenter = load_segmenter(cfg.segmenter)
     intervene.check_request(cfg, generator, segmenter)
-    generator_id = model_identity(cfg.generator, generator)
+    generator_id = generator_identity(cfg, generator)
     given = _given_dissection(cfg)
     if given.is_file() and json.loads(given.read_text()).get("layers", {}).get(cfg.layer) is not None:
         dissection = given  # run_ace refuses it, naming the file, when it dissects other weights
@@ -68,6 +68,7 @@ def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.
         dissection = run_dir / "dissect" / "dissect.json"
         if not _dissection_holds(dissection, cfg, generator_id):
             dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
+                                 truncation=cfg.truncation, allow_pickle=cfg.allow_pickle,
                                  layers=[cfg.layer], n=cfg.dissect_n, seed=cfg.dissect_seed, batch_size=32,
                                  resume=False, devices=cfg.devices, wandb=WandbConfig(mode="disabled"))
             run_dissection(dcfg, dissection.parent, generator=generator, segmenter=segmenter)
@@ -113,6 +114,7 @@ def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segme
             write_json(key_path, key)
     distributed.rank_zero_first(start_over_if_stale)
     dcfg = DissectConfig(name=f"{cfg.name}-artifact-dissection", generator=cfg.generator,
+                         truncation=cfg.truncation, allow_pickle=cfg.allow_pickle,
                          segmenter=str(run_dir / "artifact_segmenter.safetensors"), layers=[layer],
                          n=cfg.dissect_n, seed=cfg.dissect_seed, resume=True, devices=cfg.devices,
                          wandb=WandbConfig(mode="disabled"))  # one W&B run per repair: the repair's own
@@ -131,6 +133,7 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
     started = time.perf_counter()
     start_run(cfg.name, cfg, root=run_dir)
     dcfg = DissectConfig(name=f"{cfg.name}-dissect", generator=cfg.generator, segmenter=cfg.segmenter,
+                         truncation=cfg.truncation, allow_pickle=cfg.allow_pickle,
                          layers=list(cfg.layers), n=cfg.n, seed=0, resume=True,
                          wandb=WandbConfig(mode="disabled"))
     run_dissection(dcfg, run_dir / "dissect")
@@ -141,6 +144,8 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
         for name in classes:
             acfg = load_config(AceConfig, None, [f"name={cfg.name}-ace-{layer}-{name}", f"generator={cfg.generator}",
                                                  f"segmenter={cfg.segmenter}", f"layer={layer}", f"class_name={name}",
+                                                 f"truncation={'null' if cfg.truncation is None else cfg.truncation}",
+                                                 f"allow_pickle={cfg.allow_pickle}",
                                                  f"dissection={run_dir / 'dissect'}", "wandb.mode=disabled",
                                                  *cfg.ace_set])
             ace_dir = run_dir / f"ace-{layer}-{name}"
@@ -155,7 +160,7 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
                 skipped[f"{layer}/{name}"] = str(err)
     iou_removal = {}
     for layer in [la for la in cfg.layers if la not in {a["layer"] for a in aces}]:  # strengths without ACE runs
-        generator, segmenter = load_generator(cfg.generator).eval(), load_segmenter(cfg.segmenter)
+        generator, segmenter = open_generator(cfg, "paint prepare"), load_segmenter(cfg.segmenter)
         for name in classes:
             with contextlib.suppress(GandissectError):  # a class absent from every image has no curve
                 iou_removal[(layer, name)] = removal_curve(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from typing import Any, Callable
 
 from gandissect.errors import ConfigError
@@ -21,6 +23,8 @@ def load_factory(spec: str, what: str) -> Callable[..., Any]:
     if not is_factory_spec(spec):
         raise ConfigError(f"{what} {spec!r}: expected package.module:function")
     module_name, function_name = spec.split(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` and uvicorn do: the working directory's
+        sys.path.append(os.getcwd())                       # modules import, after the installed ones
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -1,4 +1,5 @@
-"""Hooks and edits: retain or edit the output of named submodules of any ``torch.nn.Module``.
+"""Hooks and edits: retain or edit the output of named submodules of any ``torch.nn.Module``, and make unit scales
+(ablations) permanent - folded into the weights where a layer allows it, recorded as a kept hook otherwise.
 
 A :class:`NetHook` hooks layers by their ``model.named_modules()`` names; after each forward pass
 ``hook.retained[name]`` holds that layer's output. An edit replaces a layer's output ``r`` (units on dim 1,
@@ -23,6 +24,7 @@ import torch.nn as nn
 from gandissect.errors import BadValueError, GandissectError
 
 Number = float | torch.Tensor
+SCALE_BUFFER = "gandissect_unit_scale"  # the buffer of a layer whose units carry a recorded edit
 
 
 class UnknownLayerError(GandissectError):
@@ -226,34 +228,80 @@ def insert(generator: nn.Module, layer: str, z: torch.Tensor, units, constants: 
     return edited_images(generator, layer, z, unit_alpha(units, len(constants)).to(z), constants.to(z), region)
 
 
-def _foldable_conv(module: nn.Module, layer: str) -> tuple[nn.Conv2d, torch.Tensor | None]:
-    """The conv whose output channels are ``layer``'s units, and the bias added to them."""
-    block = dict(module.named_modules()).get(layer)
-    if not layer or block is None:
-        raise UnknownLayerError(f"unknown layer {layer!r}; this model has: {', '.join(layer_names(module))}")
-    conv = getattr(block, "conv", block)
-    if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(block, "activation", True), bool):
-        raise BadValueError(f"cannot fold an edit into {layer!r} ({type(block).__name__}): expected a ProGAN "
-                            "block or a Conv2d whose output is the layer's output")
-    return conv, block.wscale.b if hasattr(block, "wscale") else conv.bias
+def unit_parameters(generator: nn.Module, layer: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) whose output-channel rows, scaled by s_u, scale ``layer``'s unit u by s_u exactly (for every
+    s_u >= 0); None when the layer has no such parameters."""
+    modules = dict(generator.named_modules())
+    if not layer or layer not in modules:
+        raise UnknownLayerError(f"unknown layer {layer!r}; this model has: {', '.join(layer_names(generator))}")
+    found = generator.fold_parameters(layer) if hasattr(generator, "fold_parameters") else None
+    if found is not None:
+        return found
+    block = modules[layer]
+    if isinstance(block, (nn.Conv2d, nn.Linear)):  # not ConvTranspose2d: its weight is (in, out, ...)
+        return block.weight, block.bias
+    return None
 
 
 def fold_unit_scale(generator: nn.Module, layer: str, scale: torch.Tensor) -> nn.Module:
-    """A copy of ``generator`` whose ``layer`` output at unit u is multiplied by ``scale[u]`` (>= 0): the units'
-    conv weights and bias are scaled. This equals the soft ablation ``r' = (1 - alpha) r`` with
-    ``scale = 1 - alpha``, because LeakyReLU is positively homogeneous (lrelu(s x) = s lrelu(x) for s >= 0); a
-    scale of 0 (a full ablation) or 1 is exact to the bit, others to float rounding."""
-    conv, _ = _foldable_conv(generator, layer)
+    """A copy of ``generator`` whose ``layer`` unit u is multiplied by ``scale[u]`` (>= 0) in its weights: a scale
+    of 0 (a full ablation) or 1 is exact to the bit, others to float rounding. Refuses a layer that has no
+    foldable parameters (``apply_unit_scales`` records the edit instead)."""
+    found = unit_parameters(generator, layer)
+    if found is None:
+        raise BadValueError(f"cannot fold an edit into {layer!r} of {type(generator).__name__}: its units are not "
+                            "the output channels of one conv or linear layer")
     scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
-    if len(scale) != conv.out_channels or bool((scale < 0).any()):
-        raise BadValueError(f"{layer!r} has {conv.out_channels} units; got {len(scale)} scales (each must be >= 0)")
+    if len(scale) != found[0].shape[0] or bool((scale < 0).any()):
+        raise BadValueError(f"{layer!r} has {found[0].shape[0]} units; got {len(scale)} scales (each must be >= 0)")
     folded = copy.deepcopy(generator)
-    conv, bias = _foldable_conv(folded, layer)
+    weight, bias = unit_parameters(folded, layer)
     with torch.no_grad():
-        conv.weight.mul_(scale.to(conv.weight).view(-1, *[1] * (conv.weight.ndim - 1)))
+        weight.mul_(scale.to(weight).view(-1, *[1] * (weight.ndim - 1)))
         if bias is not None:
             bias.mul_(scale.to(bias))
     return folded
+
+
+def record_unit_scales(generator: nn.Module, scales: dict[str, torch.Tensor]) -> nn.Module:
+    """Multiply each named layer's units by ``scales[layer]`` in every forward pass from now on: the scale is a
+    buffer of the layer (``gandissect_unit_scale``: in the state dict, so it moves with the model, is saved by
+    ``save_generator`` and changes the model's digest) applied by a forward hook. A second edit multiplies."""
+    modules = dict(generator.named_modules())
+    for layer, scale in scales.items():
+        if layer not in modules or not layer:
+            raise UnknownLayerError(f"unknown layer {layer!r}; this model has: {', '.join(layer_names(generator))}")
+        module, scale = modules[layer], torch.as_tensor(scale, dtype=torch.float32).flatten()
+        if hasattr(module, SCALE_BUFFER):
+            setattr(module, SCALE_BUFFER, getattr(module, SCALE_BUFFER) * scale.to(getattr(module, SCALE_BUFFER)))
+        else:
+            module.register_buffer(SCALE_BUFFER, scale)
+            module.register_forward_hook(_apply_recorded_scale)
+    return generator
+
+
+def recorded_unit_scales(generator: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: getattr(module, SCALE_BUFFER) for name, module in generator.named_modules()
+            if name and hasattr(module, SCALE_BUFFER)}
+
+
+def _apply_recorded_scale(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    scale = getattr(module, SCALE_BUFFER)
+    if len(scale) != output.shape[1]:
+        raise BadValueError(f"a recorded edit has {len(scale)} scales; its layer has {output.shape[1]} units")
+    return output * scale.to(output).view(1, -1, *[1] * (output.ndim - 2))
+
+
+def apply_unit_scales(generator: nn.Module, scales: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of ``generator`` with each layer's unit scales folded into its weights where it can be, recorded as
+    a kept hook otherwise; and how each layer was edited ("folded" / "recorded")."""
+    edited, how = copy.deepcopy(generator), {}
+    for layer, scale in scales.items():
+        if unit_parameters(edited, layer) is not None:
+            edited, how[layer] = fold_unit_scale(edited, layer, scale), "folded"
+        else:
+            edited, how[layer] = record_unit_scales(edited, {layer: scale}), "recorded"
+    return edited, how
 
 
 def fold_unit_scales(generator: nn.Module, scales: dict[str, torch.Tensor]) -> nn.Module:
@@ -265,7 +313,7 @@ def fold_unit_scales(generator: nn.Module, scales: dict[str, torch.Tensor]) -> n
 
 def scaled_units(generator: nn.Module, scales: dict[str, torch.Tensor]) -> NetHook:
     """A NetHook (use it as a context manager) that multiplies each named layer's units by ``scales[layer]``
-    (0: ablated, 1: as is) - the hooked twin of ``fold_unit_scales``."""
+    (0: ablated, 1: as is) - the hooked twin of ``apply_unit_scales``."""
     hook = NetHook(generator, list(scales))
     for layer, scale in scales.items():
         hook.edit(layer, 1 - scale, value=0.0)
@@ -273,7 +321,7 @@ def scaled_units(generator: nn.Module, scales: dict[str, torch.Tensor]) -> NetHo
 
 
 def fold_ablation(generator: nn.Module, layer: str, units: list[int]) -> nn.Module:
-    """A copy of ``generator`` whose ``layer`` outputs exactly 0 at ``units`` (their weights and bias zeroed),
-    which equals ablating them everywhere (LeakyReLU(0) = 0)."""
-    conv, _ = _foldable_conv(generator, layer)
-    return fold_unit_scale(generator, layer, 1 - unit_alpha(units, conv.out_channels))
+    """A copy of ``generator`` whose ``layer`` outputs exactly 0 at ``units``: folded into the weights (their
+    weights and bias zeroed) where the layer allows it, else recorded (see ``apply_unit_scales``)."""
+    total = layer_shape(generator, layer)[0]
+    return apply_unit_scales(generator, {layer: 1 - unit_alpha(units, total)})[0]

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from gandissect.config import WandbConfig, to_dict
+from gandissect.core.factory import is_factory_spec, load_factory
 from gandissect.errors import ConfigError, GandissectError
 from gandissect.io import sha256_file, write_text, write_yaml
 
@@ -157,6 +158,8 @@ def module_digest(module: torch.nn.Module) -> str:
 def model_identity(path: str | Path | None, module: torch.nn.Module | None = None) -> str:
     """How a run records which weights it used: the sha256 of the file at ``path``, or ``module <digest>`` for
     a module handed over in memory (which takes precedence)."""
+    if module is None and is_factory_spec(path):  # no file to hash: the module the factory builds now
+        module = load_factory(path, "model")()
     return f"module {module_digest(module)}" if module is not None else sha256_file(path)
 
 

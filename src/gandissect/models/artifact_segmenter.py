@@ -19,7 +19,7 @@ from gandissect.config import ARTIFACT_MAPS
 from gandissect.core.hooks import NetHook, UnknownLayerError, layer_names
 from gandissect.errors import BadValueError
 from gandissect.metrics.unit_stats import UnitQuantile, calibrated_edges
-from gandissect.models.progan import ProGANDiscriminator
+from gandissect.models.generators import build_discriminator, load_discriminator
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
@@ -60,7 +60,7 @@ class ArtifactSegmenter(nn.Module):
     classes = ("-", "artifact")
     categories = {"artifact": "artifact"}
 
-    def __init__(self, discriminator: ProGANDiscriminator, method: str = "occlusion", d_layer: str = "layer3",
+    def __init__(self, discriminator: nn.Module, method: str = "occlusion", d_layer: str = "layer3",
                  cell: int = 16, stride: int = 16, ig_steps: int = 16):
         super().__init__()
         if method not in ARTIFACT_MAPS:
@@ -76,8 +76,16 @@ class ArtifactSegmenter(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
 
     def config(self) -> dict:
-        return {"discriminator": self.discriminator.config(), "method": self.method, "d_layer": self.d_layer,
-                "cell": self.cell, "stride": self.stride, "ig_steps": self.ig_steps}
+        d = self.discriminator
+        if hasattr(d, "ARCH"):
+            source = {"discriminator_arch": d.ARCH, "discriminator": d.config()}
+        elif getattr(d, "factory", None):  # rebuilt by its factory, then given the saved weights
+            source = {"discriminator_factory": d.factory}
+        else:
+            raise BadValueError(f"cannot save an artifact segmenter around a {type(d).__name__}: a discriminator "
+                                "needs a gandissect architecture or a package.module:function factory")
+        return {**source, "method": self.method, "d_layer": self.d_layer, "cell": self.cell, "stride": self.stride,
+                "ig_steps": self.ig_steps}
 
     def settings(self) -> dict:
         """The method and the options it reads (for records and reports)."""
@@ -178,7 +186,12 @@ class ArtifactSegmenter(nn.Module):
     def load(cls, path: str | Path) -> "ArtifactSegmenter":
         config, tensors = read_checkpoint(path, cls.ARCH)
         options = {key: config[key] for key in ("cell", "stride", "ig_steps") if key in config}
-        model = cls(ProGANDiscriminator(**config["discriminator"]), config["method"], config["d_layer"], **options)
+        if "discriminator_factory" in config:
+            discriminator = load_discriminator(config["discriminator_factory"])
+        else:  # files from before StyleGAN2 support hold a ProGAN discriminator
+            discriminator = build_discriminator(config.get("discriminator_arch", "progan-discriminator"),
+                                                config["discriminator"])
+        model = cls(discriminator, config["method"], config["d_layer"], **options)
         load_state_checked(model, tensors, str(path))
         return model.eval()
 

@@ -110,6 +110,12 @@ class ProGANGenerator(nn.Module):
     def config(self) -> dict:
         return {"resolution": self.resolution, "widths": self.widths, "latent_dim": self.latent_dim}
 
+    def fold_parameters(self, layer: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A block's conv weight and bias: LeakyReLU is positively homogeneous (lrelu(s x) = s lrelu(x), s >= 0), so
+        scaling their rows scales the block's units exactly."""
+        block = getattr(self, layer, None) if layer in self.layer_names else None
+        return (block.conv.weight, block.wscale.b) if isinstance(block, GeneratorBlock) else None
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = z.view(z.shape[0], -1, 1, 1) if z.ndim == 2 else z
         if x.shape[1] != self.latent_dim:

@@ -20,17 +20,18 @@ from tqdm import tqdm
 from gandissect.config import RepairConfig, to_dict
 from gandissect.core.latents import generated_batches, seeded_latents
 from gandissect.core.reproducible import fixed_threads
+from gandissect.core.runs import model_identity
 from gandissect.data import scenes
 from gandissect.data.images import scene_batches
 from gandissect.io import sha256_file, write_json
 from gandissect.metrics.roc import roc_auc
 from gandissect.models.artifact_segmenter import ArtifactSegmenter, flag_signal
+from gandissect.models.generators import load_discriminator
 from gandissect.models.losses import discriminator_loss
-from gandissect.models.progan import ProGANDiscriminator, load_discriminator
 
 
-def finetune_discriminator(discriminator: ProGANDiscriminator, generator: nn.Module, steps: int, batch_size: int,
-                           lr: float, seed: int, r1_gamma: float = 1.0, r1_interval: int = 4) -> ProGANDiscriminator:
+def finetune_discriminator(discriminator: nn.Module, generator: nn.Module, steps: int, batch_size: int,
+                           lr: float, seed: int, r1_gamma: float = 1.0, r1_interval: int = 4) -> nn.Module:
     """A copy of D trained ``steps`` more steps (the training loss: non-saturating, lazy R1) against the frozen
     generator, on real scenes of world ``seed``. A GAN's D at equilibrium is weak; this sharpens it on the
     generator being repaired."""
@@ -70,7 +71,7 @@ def _build(cfg: RepairConfig, generator: nn.Module) -> tuple[ArtifactSegmenter, 
     batches = math.ceil(a.calibration_n / cfg.batch_size)
     threshold = segmenter.calibrate(scene_batches(a.calibration_seed, a.calibration_n, size, cfg.batch_size),
                                     a.flag_rate, total=batches)
-    record = {"discriminator": a.discriminator, "discriminator_sha256": sha256_file(a.discriminator),
+    record = {"discriminator": a.discriminator, "discriminator_sha256": model_identity(a.discriminator),
               **segmenter.settings(),
               "finetune_steps": a.finetune_steps, "threshold": threshold, "target_flag_rate": a.flag_rate,
               "calibration": {"n": a.calibration_n, "seed": a.calibration_seed,
@@ -110,7 +111,7 @@ def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: st
                          "plant": to_dict(cfg.plant)}
         return given, record
     path, record_path = run_dir / "artifact_segmenter.safetensors", run_dir / "artifact_segmenter.json"
-    key = {"artifact": to_dict(cfg.artifact), "discriminator_sha256": sha256_file(cfg.artifact.discriminator),
+    key = {"artifact": to_dict(cfg.artifact), "discriminator_sha256": model_identity(cfg.artifact.discriminator),
            "generator": generator_id, "plant": to_dict(cfg.plant), "batch_size": cfg.batch_size}
     if path.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())

@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader
 
 from gandissect.config import DissectConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import NetHook, layer_shapes, stop_on_non_finite
+from gandissect.core.hooks import NetHook, layer_shapes
 from gandissect.core.latents import LatentBatches, latent_batches
-from gandissect.core.runs import finish_run, machine_description, model_identity, runs_root, start_run
+from gandissect.core.runs import finish_run, machine_description, runs_root, start_run
 from gandissect.core.tally import TallyFile
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts
-from gandissect.models.progan import load_generator
+from gandissect.models.generators import generator_identity, open_generator
 from gandissect.models.segmenter import segmenter_and_identity
 from gandissect.report.dissection import draw_strips, layer_chart, layers_chart, log_to_wandb, write_dissection_report
 
@@ -259,8 +259,8 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
                    segmenter=None, callbacks: list = ()) -> dict:
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
-    generator_id = model_identity(cfg.generator, generator)
-    generator = stop_on_non_finite(load_generator(cfg.generator), "dissect", cfg.generator) if generator is None \
+    generator_id = generator_identity(cfg, generator)
+    generator = open_generator(cfg, "dissect") if generator is None \
         else generator
     segmenter, segmenter_id = segmenter_and_identity(cfg.segmenter, segmenter)
     # checks the layers and an earlier tally before anything in the run directory is written

@@ -23,7 +23,7 @@ from gandissect.data import scenes
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import figure_array, image_grid, save_image, write_json
 from gandissect.metrics.fid import scenes_fd
-from gandissect.models.progan import load_generator
+from gandissect.models.generators import load_generator
 from gandissect.models.segmenter import SceneSegmenter, evaluate_segmenter
 
 matplotlib.use("Agg")

@@ -19,7 +19,7 @@ from gandissect.data.images import folder_batches, scene_batches
 from gandissect.errors import BadValueError, GandissectError
 from gandissect.io import write_json
 from gandissect.metrics.fid import FrechetDistance, build_fd, feed, load_statistics, save_statistics
-from gandissect.models.progan import load_generator
+from gandissect.models.generators import load_generator
 
 
 def _metric(backbone: str, weights: str | None, segmenter: str, device: str | None) -> FrechetDistance:

@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader
 
 from gandissect.config import AceConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import edited_images, layer_shape, stop_on_non_finite
+from gandissect.core.hooks import edited_images, layer_shape
 from gandissect.core.latents import LatentBatches, seeded_latents
-from gandissect.core.runs import finish_run, model_identity, runs_root, start_run, wandb_logger
+from gandissect.core.runs import finish_run, runs_root, start_run, wandb_logger
 from gandissect.errors import GandissectError
 from gandissect.metrics.intervention import (ace, cell_fraction, class_mask, class_weighted_means, context_table,
                                              pixel_region, removal_curve)
-from gandissect.models.progan import load_generator
+from gandissect.models.generators import generator_identity, open_generator
 from gandissect.models.segmenter import class_index, load_segmenter, segmenter_and_identity
 from gandissect.report.ace import intervention_grid, write_ace_report
 
@@ -168,7 +168,7 @@ def check_request(cfg: AceConfig, generator: nn.Module | None = None, segmenter=
     """Refuse an unknown class or layer (naming the valid ones) before anything runs or is written."""
     segmenter = load_segmenter(cfg.segmenter) if segmenter is None else segmenter
     class_index(segmenter, cfg.class_name)
-    layer_shape(load_generator(cfg.generator) if generator is None else generator, cfg.layer)
+    layer_shape(open_generator(cfg, "ace") if generator is None else generator, cfg.layer)
 
 
 def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None, generator: nn.Module | None = None,
@@ -178,8 +178,8 @@ def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None,
     Writes ``runs/<name>/`` (ace.json, index.html, removal.png, edits.png, W&B). Returns ace.json's content ({} on
     the processes other than rank 0)."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
-    generator_id = model_identity(cfg.generator, generator)
-    generator = (stop_on_non_finite(load_generator(cfg.generator), "ace", cfg.generator) if generator is None
+    generator_id = generator_identity(cfg, generator)
+    generator = (open_generator(cfg, "ace") if generator is None
                  else generator).eval()
     segmenter, segmenter_id = segmenter_and_identity(cfg.segmenter, segmenter)
     segmenter = segmenter.eval()

@@ -14,17 +14,20 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from gandissect.config import DevicesConfig, GANTrainConfig, SegmenterTrainConfig, TrainerConfig, to_dict
+from gandissect.config import (DevicesConfig, GANModelConfig, GANTrainConfig, SegmenterTrainConfig, TrainerConfig,
+                               to_dict)
 from gandissect.core import distributed
 from gandissect.core.latents import generate, seeded_latents
 from gandissect.core.runs import finish_run, finish_wandb, machine_description, start_run, wandb_logger
 from gandissect.data import scenes
 from gandissect.data.images import scene_batches
+from gandissect.errors import ConfigError
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.metrics.fid import scenes_fd
 from gandissect.models.losses import discriminator_loss, generator_loss
 from gandissect.models.progan import ProGANDiscriminator, ProGANGenerator
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
+from gandissect.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 
 def prediction_panel(images: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
@@ -148,6 +151,19 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
     return results
 
 
+def build_gan(m: GANModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(generator, discriminator) of a model config, freshly initialised."""
+    if m.arch == "stylegan2":
+        resolutions = [2 ** k for k in range(2, int(math.log2(m.resolution)) + 1)]
+        for key in ("g_widths", "d_widths"):
+            if len(getattr(m, key)) != len(resolutions):
+                raise ConfigError(f"model.{key}: a {m.resolution}px StyleGAN2 takes one width per resolution "
+                                  f"{resolutions}; got {list(getattr(m, key))}")
+        return (StyleGAN2Generator(m.resolution, m.latent_dim, m.n_mlp, dict(zip(resolutions, m.g_widths))),
+                StyleGAN2Discriminator(m.resolution, dict(zip(resolutions, m.d_widths))))
+    return ProGANGenerator(m.resolution, m.g_widths, m.latent_dim), ProGANDiscriminator(m.resolution, m.d_widths)
+
+
 class GANModule(pl.LightningModule):
     """Non-saturating GAN loss with lazy R1 on real images, and an EMA copy of the generator.
 
@@ -164,9 +180,9 @@ class GANModule(pl.LightningModule):
         self.save_hyperparameters({"cfg": to_dict(cfg)})
         self.cfg = cfg
         m = cfg.model
-        self.G = ProGANGenerator(m.resolution, m.g_widths, m.latent_dim)
-        self.D = ProGANDiscriminator(m.resolution, m.d_widths)
+        self.G, self.D = build_gan(m)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.G.random_noise = True  # StyleGAN2 trains with fresh noise; its EMA copy keeps the fixed buffers
         self.fd = scenes_fd(SceneSegmenter.load(cfg.monitor.segmenter))
         self.register_buffer("fixed_z", seeded_latents(cfg.monitor.sample_seed, cfg.monitor.sample_n, m.latent_dim))
         self._noise = torch.Generator()
@@ -270,7 +286,7 @@ class GANModule(pl.LightningModule):
 
 
 def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list = ()) -> dict:
-    """Train a ProGAN on the scene world; writes the run directory and returns its results."""
+    """Train a GAN (ProGAN or StyleGAN2) on the scene world; writes the run directory and returns its results."""
     run_dir = start_run(cfg.name, cfg, root=run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
@@ -300,6 +316,8 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
         "discriminator": str(run_dir / "discriminator.safetensors"),
     }
     if trainer.is_global_zero:
+        if hasattr(module.G_ema, "estimate_latent_avg"):  # what truncation pulls towards
+            module.G_ema.cpu().estimate_latent_avg()
         module.G_ema.cpu().eval().save(run_dir / "generator.safetensors")
         module.D.cpu().eval().save(run_dir / "discriminator.safetensors")
         write_json(run_dir / "results.json", results)

@@ -24,7 +24,7 @@ from scipy.stats import beta
 from gandissect.core.hooks import fold_ablation
 from gandissect.core.latents import seeded_latents
 from gandissect.errors import BadValueError
-from gandissect.models.progan import load_generator
+from gandissect.models.generators import load_generator
 from gandissect.steps.paint.engine import png_url, to_uint8
 
 ALTERNATIVES = ("original", "random")

@@ -15,9 +15,9 @@ from torch import nn
 
 from gandissect.config import RepairConfig, to_dict
 from gandissect.core import distributed
-from gandissect.core.hooks import fold_unit_scales, layer_shape, scaled_units, stop_on_non_finite, unit_alpha
+from gandissect.core.hooks import apply_unit_scales, layer_shape, scaled_units, unit_alpha
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import machine_description, model_identity
+from gandissect.core.runs import machine_description
 from gandissect.errors import BadValueError, ConfigError
 from gandissect.io import sha256_file, write_json
 from gandissect.metrics.bootstrap import FrechetToReal
@@ -25,7 +25,7 @@ from gandissect.metrics.fid import FrechetDistance, build_fd
 from gandissect.metrics.real_stats import real_statistics
 from gandissect.models.artifact_segmenter import ArtifactSegmenter
 from gandissect.models.planted import PlantedArtifacts
-from gandissect.models.progan import ProGANGenerator, load_generator
+from gandissect.models.generators import generator_identity, open_generator, save_generator
 from gandissect.models.segmenter import load_segmenter
 from gandissect.report.repair import log_to_wandb, write_pictures, write_repair_report
 from gandissect.steps.repair.evaluation import Variant, VariantPass, VariantProgressBar, measure
@@ -50,8 +50,8 @@ class RepairPlan:
 
 def plan_repair(cfg: RepairConfig, generator: nn.Module | None = None) -> RepairPlan:
     """Load the generator (or take the one given), check the layer, k and candidates, and build the FD metric."""
-    generator_id = model_identity(cfg.generator, generator)
-    base = stop_on_non_finite(load_generator(cfg.generator), "repair", cfg.generator) if generator is None \
+    generator_id = generator_identity(cfg, generator)
+    base = open_generator(cfg, "repair") if generator is None \
         else generator.eval()
     width = layer_shape(base, cfg.layer)[0]  # also refuses an unknown layer, listing the layers
     k = cfg.k or default_k(width)
@@ -147,7 +147,7 @@ def look_again(cfg: RepairConfig, plan: RepairPlan, first_units: list[int], diss
     scales = {cfg.layer: hard(first_units, plan.width)}
     later = {}
     for layer in cfg.multilayer.layers:
-        iou = dissect_layer(fold_unit_scales(plan.generator, scales), layer)
+        iou = dissect_layer(apply_unit_scales(plan.generator, scales)[0], layer)
         k = cfg.multilayer.k or default_k(len(iou))
         later[layer] = {"units": ranked_by(iou)[:k], "iou": [round(v, 6) for v in iou]}
         scales[layer] = hard(later[layer]["units"], len(iou))
@@ -212,25 +212,29 @@ def random_draws(cfg: RepairConfig, plan: RepairPlan, routes: dict) -> list[list
 
 
 def save_repaired(generator: nn.Module, scales: dict[str, torch.Tensor], run_dir: Path, planted: list[int]) -> dict:
-    """Fold the edit into the weights, check the folded model against the hooked edit, and save it."""
+    """Make the edit permanent (folded into the weights, or recorded where a layer cannot be folded), check the
+    result against the hooked edit, and save it."""
     if all(bool((scale == 1).all()) for scale in scales.values()):
         return {"path": None, "note": "the default route chose no unit; nothing was repaired"}
-    folded = fold_unit_scales(generator, scales)
+    edited, how = apply_unit_scales(generator, scales)
     z = seeded_latents(0, 8, generator.latent_dim)
     with torch.no_grad(), scaled_units(generator, scales) as hook:
         hooked = hook(z)
-        difference = float((folded(z) - hooked).abs().max())
+        difference = float((edited(z) - hooked).abs().max())
     exact = all(bool(((scale == 0) | (scale == 1)).all()) for scale in scales.values())
     if (exact and difference != 0) or difference > 1e-4:
-        raise BadValueError(f"the folded generator differs from the hooked edit of {', '.join(scales)} by "
+        raise BadValueError(f"the edited generator differs from the hooked edit of {', '.join(scales)} by "
                             f"{difference:.3g}; not saved")
     check = ("bit-identical to the hooked ablation on 8 latents" if exact else
              f"within {difference:.2g} of the hooked soft ablation on 8 latents (float rounding)")
     if planted:  # the planted blotches are not part of the ProGAN architecture: no ordinary checkpoint
-        return {"path": None, "fold_check": check,
+        return {"path": None, "fold_check": check, "edits": how,
                 "note": "a planted-artifact generator is a test case, not an ordinary ProGAN; not saved"}
-    path = ProGANGenerator.save(folded, run_dir / "repaired_generator.safetensors")
-    return {"path": path.name, "sha256": sha256_file(path), "fold_check": check}
+    try:
+        path = save_generator(edited, run_dir / "repaired_generator.safetensors")
+    except BadValueError as err:  # e.g. a factory's generator: the run's unit scales are in repair.json
+        return {"path": None, "fold_check": check, "edits": how, "note": str(err)}
+    return {"path": path.name, "sha256": sha256_file(path), "fold_check": check, "edits": how}
 
 
 def routes_table(routes: dict, evaluation: dict, fractions: dict) -> list[dict]:

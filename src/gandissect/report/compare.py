@@ -1,0 +1,88 @@
+"""Pictures and the page of ``gandissect compare``: several models' dissections side by side."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from gandissect.io import figure_array
+from gandissect.report.dissection import CATEGORY_COLORS
+from gandissect.report.html import picture, table, write_report
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+
+
+def categories_chart(result: dict) -> np.ndarray:
+    """One panel per model: interpretable units per layer, stacked by category (the paper's comparison figure)."""
+    models = result["models"]
+    widest = max(len(m["layers"]) for m in models)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 0.65 * widest + 1.5) * len(models), 3.2), dpi=100,
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        names = list(model["layers"])
+        bottom = np.zeros(len(names))
+        for category, color in CATEGORY_COLORS.items():
+            counts = np.array([model["layers"][n]["per_category"].get(category, 0) for n in names], float)
+            if counts.any():
+                ax.bar(range(len(names)), counts, bottom=bottom, color=color, label=category)
+                bottom += counts
+        ax.set_xticks(range(len(names)), [f"{n}\n{model['layers'][n]['size']}\n({model['layers'][n]['units']})"
+                                          for n in names], fontsize=7)
+        ax.set_title(f"{model['label']}: {int(bottom.sum())} of {sum(r['units'] for r in model['layers'].values())} "
+                     "units interpretable", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("interpretable units")
+    return figure_array(fig)
+
+
+def best_iou_chart(result: dict) -> np.ndarray:
+    """One panel per model: each layer's units by their best IoU (box and points), the threshold as a line."""
+    models = result["models"]
+    widest = max(len(m["layers"]) for m in models)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 0.65 * widest + 1.5) * len(models), 3.0), dpi=100,
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        names = list(model["layers"])
+        values = [model["layers"][n]["best_iou"]["values"] for n in names]
+        ax.boxplot(values, showfliers=False)
+        for i, v in enumerate(values, start=1):
+            ax.scatter(np.full(len(v), i) + np.linspace(-0.2, 0.2, len(v)), v, s=3, color="#333333", alpha=0.5)
+        threshold = next(iter(model["layers"].values()))["iou_threshold"]
+        ax.axhline(threshold, color="#c44e52", lw=1, ls="--", label=f"IoU {threshold}")
+        ax.set_xticks(range(1, len(names) + 1), names, fontsize=7, rotation=30)
+        ax.set_title(f"{model['label']}: best IoU of each unit", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("best IoU over the classes")
+    return figure_array(fig)
+
+
+def write_compare_report(run_dir: Path, result: dict) -> Path:
+    classes = result["classes"]
+    pictures = (picture("categories.png", "interpretable units per layer and category, one panel per model")
+                + picture("best_iou.png", "each unit's best IoU per layer"))
+    sections = [("Interpretable units per layer", pictures)]
+    for model in result["models"]:
+        rows = [[name, row["size"], row["units"], row["interpretable"], f"{100 * row['share']:.0f}%",
+                 row["best_iou"]["median"], *[row["per_class"].get(c) for c in classes]]
+                for name, row in model["layers"].items()]
+        sections.append((f"{model['label']} ({model['generator']}, n={model['n']})",
+                         table(["layer", "size", "units", "interpretable", "share", "median best IoU", *classes], rows)
+                         + f"<p>dissection: {html.escape(model['dissection'])}</p>"))
+    if result["ace"]:
+        sections.append(("Removal by ablating the top units everywhere (ACE and IoU rankings)",
+                         table(["model", "class", "layer", "units", "ACE top 5", "ACE top 20", "IoU top 5",
+                                "IoU top 20"],
+                               [[r["model"], r["class"], r["layer"], r["units"], r["ace_at_5"], r["ace_at_20"],
+                                 r["iou_at_5"], r["iou_at_20"]] for r in result["ace"]])))
+    if result["repair"]:
+        sections.append(("Repair", table(
+            ["model", "layer", "k", "route", "distance", "original", "repaired", "random (mean)", "random (std)",
+             "target met"],
+            [[r["model"], r["layer"], r["k"], r["route"], f"{r['fd_name']} (n={r['fd_n']})", r["fd_original"],
+              r["fd_repaired"], r["fd_random_mean"], r["fd_random_std"], str(r["target_met"])]
+             for r in result["repair"]])))
+    return write_report(run_dir / "index.html", "Comparison of dissections", sections)
