@@ -41,6 +41,8 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/artifact_maps.py
 	$(VENV)/bin/python bench/paint_load.py
 	$(VENV)/bin/python bench/paint_effects.py
+	$(PIP) install $(PIP_FLAGS) -e '.[hf]'
+	$(VENV)/bin/python bench/paper_scale.py
 
 clean:
 	rm -rf $(VENV) runs

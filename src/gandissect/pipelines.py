@@ -30,7 +30,7 @@ from gandissect.steps import artifacts, intervene, repair
 from gandissect.steps.dissect import run_dissection
 from gandissect.metrics.intervention import removal_curve
 from gandissect.models.generators import generator_identity, open_generator
-from gandissect.models.segmenter import SceneSegmenter
+from gandissect.models.segmenter import load_segmenter
 from gandissect.steps.paint.concepts import build_concepts, iou_order
 
 
@@ -57,6 +57,8 @@ def run_ace_pipeline(cfg: AceConfig, run_dir: Path | None = None, generator: nn.
     """ACE of ``cfg.class_name`` at ``cfg.layer``, ranked from ``cfg.dissection`` when that has the layer (of these
     weights), else from a dissection of ``dissect_n`` latents run into ``<run_dir>/dissect``."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    if segmenter is None and not Path(cfg.segmenter).is_file():  # hf: or a factory: loaded once for every step
+        segmenter = load_segmenter(cfg.segmenter)
     intervene.check_request(cfg, generator, segmenter)
     generator_id = generator_identity(cfg, generator)
     given = _given_dissection(cfg)
@@ -158,7 +160,7 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
                 skipped[f"{layer}/{name}"] = str(err)
     iou_removal = {}
     for layer in [la for la in cfg.layers if la not in {a["layer"] for a in aces}]:  # strengths without ACE runs
-        generator, segmenter = open_generator(cfg, "paint prepare"), SceneSegmenter.load(cfg.segmenter)
+        generator, segmenter = open_generator(cfg, "paint prepare"), load_segmenter(cfg.segmenter)
         for name in classes:
             with contextlib.suppress(GandissectError):  # a class absent from every image has no curve
                 iou_removal[(layer, name)] = removal_curve(

@@ -1,8 +1,9 @@
 """Segmenters: the protocol every segmenter follows, and the built-in scene segmenter.
 
-A segmenter turns images (float (N, 3, H, W) in [-1, 1]) into labels. Any object that offers
+A segmenter turns images (float (N, 3, H, W) in [-1, 1]) into labels. Any module that offers
 ``classes``, ``categories``, ``labels()`` and ``probs()`` plugs into gandissect: the scene segmenter
-below, the artifact segmenter made from a discriminator, or an adapter around a real-world model.
+below, the artifact segmenter made from a discriminator, or an adapter around a real-world model
+(``models.hf_segmenters``). ``load_segmenter`` turns a config's ``segmenter:`` value into one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gandissect.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
+from gandissect.core.factory import is_factory_spec, load_factory
+from gandissect.core.runs import model_identity
 from gandissect.data import scenes
+from gandissect.errors import ConfigError
+
+SEGMENTER_SPECS = ("a scene-segmenter .safetensors file, hf:<model id or local directory> (a transformers "
+                   "SegFormer / UperNet / Mask2Former), or package.module:factory")
 
 
 @runtime_checkable
@@ -121,6 +128,43 @@ class SceneSegmenter(nn.Module):
         model = cls(**config)
         load_state_checked(model, tensors, str(path))
         return model.eval()
+
+
+def load_segmenter(spec: str) -> nn.Module:
+    """The segmenter a config's ``segmenter:`` names: a scene-segmenter checkpoint file, ``hf:<id or directory>``
+    (``models.hf_segmenters``; transformers is imported only then), or ``package.module:factory`` (a function of no
+    arguments returning a segmenter module). Anything else is one ConfigError line naming the value."""
+    if spec.startswith("hf:"):
+        if not spec[3:].strip():
+            raise ConfigError(f"segmenter {spec!r}: expected hf:<model id or local directory> after hf:")
+        from gandissect.models.hf_segmenters import load_hf_segmenter
+
+        return load_hf_segmenter(spec[3:])
+    if is_factory_spec(spec):
+        return _from_factory(spec)
+    if Path(spec).suffix == ".safetensors" or Path(spec).is_file():
+        return SceneSegmenter.load(spec)
+    raise ConfigError(f"segmenter {spec!r}: not found; expected {SEGMENTER_SPECS}")
+
+
+def _from_factory(spec: str) -> nn.Module:
+    made = load_factory(spec, "segmenter")()
+    missing = [name for name in ("classes", "categories", "labels", "probs") if not hasattr(made, name)]
+    if missing or not isinstance(made, nn.Module):
+        lacks = f"lacks {', '.join(missing)}" if missing else f"is a {type(made).__name__}, not a torch.nn.Module"
+        raise ConfigError(f"segmenter {spec!r}: the factory's segmenter {lacks}; expected a module with classes, "
+                          "categories, labels(images) and probs(images) (see gandissect.models.segmenter.Segmenter)")
+    return made.eval()
+
+
+def segmenter_and_identity(spec: str, given: nn.Module | None = None) -> tuple[nn.Module, str]:
+    """The segmenter a step uses (``given``, else ``load_segmenter(spec)``) and how its run records it: the sha256
+    of a checkpoint file, else the digest of the module's weights (a hf: model, a factory's, one handed over)."""
+    if given is not None:
+        return given, model_identity(spec, given)
+    segmenter = load_segmenter(spec)
+    from_file = isinstance(segmenter, SceneSegmenter) and Path(spec).is_file()
+    return segmenter, model_identity(spec, None if from_file else segmenter)
 
 
 def iou_metric(classes: tuple[str, ...]):

@@ -34,8 +34,11 @@ def outline(masks: torch.Tensor) -> torch.Tensor:
     return (inside - eroded)[:, 0] > 0
 
 
-def unit_strip(images: np.ndarray, masks: torch.Tensor, scale: int = 2, gap: int = 2) -> np.ndarray:
-    """Images (k, H, W, 3) uint8 side by side, each with its unit's region (k, H, W) outlined and the rest dimmed."""
+def unit_strip(images: np.ndarray, masks: torch.Tensor, scale: int | None = None, gap: int = 2) -> np.ndarray:
+    """Images (k, H, W, 3) uint8 side by side, each with its unit's region (k, H, W) outlined and the rest dimmed.
+    ``scale`` (default: enough for 128 pixels, so 64px images are doubled and 256px ones kept: enlarged, 512 strips
+    of 256px images took 6 minutes to encode, longer than the dissection of them)."""
+    scale = scale or max(1, 128 // images.shape[1])
     big = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2).astype(np.float32)
     big_masks = masks.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     edge = outline(big_masks).numpy()
@@ -118,29 +121,44 @@ def write_dissection_report(run_dir: Path, result: dict) -> Path:
 
 @torch.no_grad()
 def draw_strips(generator: nn.Module, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor, seed: int,
-                out_dir: Path, batch_size: int = 64) -> list[Path]:
-    """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths."""
-    units_of: dict[int, list[int]] = {}  # sample -> the units that have it among their top images
-    for unit, row in enumerate(top_indices.tolist()):
-        for i in row:
+                out_dir: Path, batch_size: int = 64, max_images: int = 512) -> list[Path]:
+    """One PNG per unit: its top images with the thresholded, upsampled unit map outlined; returns the paths.
+    Each image is made once when the units' top images are at most ``max_images`` distinct samples; beyond that,
+    units are drawn in blocks whose top images number at most ``max_images`` (a sample shared by two blocks is
+    made twice), so memory does not grow with the samples (512 units x 8 distinct 256px images: 0.8 GB)."""
+    distinct = int(torch.unique(top_indices[top_indices >= 0]).numel())
+    units_per_block = len(top_indices) if distinct <= max_images else max(1, max_images // top_indices.shape[1])
+    paths = []
+    with NetHook(generator, [layer]) as hook:
+        for first in range(0, len(top_indices), units_per_block):
+            block = range(first, min(first + units_per_block, len(top_indices)))
+            paths += _block_strips(hook, generator.latent_dim, layer, thresholds, top_indices, block, seed, out_dir,
+                                   batch_size)
+    return paths
+
+
+def _block_strips(hook: NetHook, latent_dim: int, layer: str, thresholds: torch.Tensor, top_indices: torch.Tensor,
+                  block: range, seed: int, out_dir: Path, batch_size: int) -> list[Path]:
+    units_of: dict[int, list[int]] = {}  # sample -> the units of the block that have it among their top images
+    for unit in block:
+        for i in top_indices[unit].tolist():
             if i >= 0:  # -1: fewer samples than top_k
                 units_of.setdefault(i, []).append(unit)
     wanted = sorted(units_of)
-    images, masks = {}, {}  # only the masks that are drawn: memory bounded by units x top_k, not by samples
-    with NetHook(generator, [layer]) as hook:
-        for start in range(0, len(wanted), batch_size):
-            chunk = wanted[start:start + batch_size]
-            z = torch.cat([seeded_latents(seed, 1, generator.latent_dim, i) for i in chunk])
-            x = hook(z).clamp(-1, 1)
-            r = hook.retained[layer].float()
-            for i, image, maps in zip(chunk, scenes.to_uint8(x), r):
-                images[i] = image
-                units = torch.tensor(units_of[i])
-                for unit, m in zip(units_of[i], upsampled_masks(maps[units][None], thresholds[units], x.shape[-2:])[0]):
-                    masks[i, unit] = m
+    images, masks = {}, {}  # only the masks that are drawn
+    for start in range(0, len(wanted), batch_size):
+        chunk = wanted[start:start + batch_size]
+        z = torch.cat([seeded_latents(seed, 1, latent_dim, i) for i in chunk])
+        x = hook(z).clamp(-1, 1)
+        r = hook.retained[layer].float()
+        for i, image, maps in zip(chunk, scenes.to_uint8(x), r):
+            images[i] = image
+            units = torch.tensor(units_of[i])
+            for unit, m in zip(units_of[i], upsampled_masks(maps[units][None], thresholds[units], x.shape[-2:])[0]):
+                masks[i, unit] = m
     paths = []
-    for unit, row in enumerate(top_indices.tolist()):
-        row = [i for i in row if i >= 0]
+    for unit in block:
+        row = [i for i in top_indices[unit].tolist() if i >= 0]
         path = out_dir / f"unit{unit:03d}.png"
         save_image(path, unit_strip(np.stack([images[i] for i in row]), torch.stack([masks[i, unit] for i in row])))
         paths.append(path)

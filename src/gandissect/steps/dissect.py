@@ -31,12 +31,12 @@ from gandissect.config import DissectConfig, to_dict
 from gandissect.core import distributed
 from gandissect.core.hooks import NetHook, layer_shapes
 from gandissect.core.latents import LatentBatches, latent_batches
-from gandissect.core.runs import finish_run, machine_description, model_identity, runs_root, start_run
+from gandissect.core.runs import finish_run, machine_description, runs_root, start_run
 from gandissect.core.tally import TallyFile
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_stats import UnitClassIoU, UnitQuantile, UnitTopK, calibrated_edges, iou_from_counts
 from gandissect.models.generators import generator_identity, open_generator
-from gandissect.models.segmenter import SceneSegmenter
+from gandissect.models.segmenter import segmenter_and_identity
 from gandissect.report.dissection import draw_strips, layer_chart, layers_chart, log_to_wandb, write_dissection_report
 
 BINS = 1024
@@ -260,10 +260,9 @@ def run_dissection(cfg: DissectConfig, run_dir: Path | None = None, generator: n
     """Dissect ``cfg.layers`` of ``cfg.generator`` (or of the ``generator`` module given); writes the run directory."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     generator_id = generator_identity(cfg, generator)
-    segmenter_id = model_identity(cfg.segmenter, segmenter)
     generator = open_generator(cfg, "dissect") if generator is None \
         else generator
-    segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
+    segmenter, segmenter_id = segmenter_and_identity(cfg.segmenter, segmenter)
     # checks the layers and an earlier tally before anything in the run directory is written
     module = DissectModule(generator, segmenter, cfg, run_dir / "tally.pt", generator_id, segmenter_id)
     start_run(cfg.name, cfg, root=run_dir)
@@ -306,7 +305,7 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
         summary = summarize(counts, classes, categories, cfg.iou_threshold)
         thresholds, (top_scores, top_indices) = module.thresholds[key], module.top[key]
         strip_dir = run_dir / "strips" / name
-        strips = draw_strips(generator, name, thresholds, top_indices, cfg.seed, strip_dir)
+        strips = draw_strips(generator, name, thresholds, top_indices, cfg.seed, strip_dir, cfg.batch_size)
         for u, unit in enumerate(summary["units_detail"]):
             unit.update({"threshold": round(float(thresholds[u]), 6),
                          "top_images": [int(i) for i in top_indices[u] if i >= 0],

@@ -22,12 +22,12 @@ from gandissect.config import AceConfig, to_dict
 from gandissect.core import distributed
 from gandissect.core.hooks import edited_images, layer_shape
 from gandissect.core.latents import LatentBatches, seeded_latents
-from gandissect.core.runs import finish_run, model_identity, runs_root, start_run, wandb_logger
+from gandissect.core.runs import finish_run, runs_root, start_run, wandb_logger
 from gandissect.errors import GandissectError
 from gandissect.metrics.intervention import (ace, cell_fraction, class_mask, class_weighted_means, context_table,
                                              pixel_region, removal_curve)
 from gandissect.models.generators import generator_identity, open_generator
-from gandissect.models.segmenter import SceneSegmenter, class_index
+from gandissect.models.segmenter import class_index, load_segmenter, segmenter_and_identity
 from gandissect.report.ace import intervention_grid, write_ace_report
 
 
@@ -166,7 +166,7 @@ def insertion_constants(how: str, dissection: dict, generator: nn.Module, segmen
 
 def check_request(cfg: AceConfig, generator: nn.Module | None = None, segmenter=None) -> None:
     """Refuse an unknown class or layer (naming the valid ones) before anything runs or is written."""
-    segmenter = SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter
+    segmenter = load_segmenter(cfg.segmenter) if segmenter is None else segmenter
     class_index(segmenter, cfg.class_name)
     layer_shape(open_generator(cfg, "ace") if generator is None else generator, cfg.layer)
 
@@ -179,10 +179,10 @@ def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None,
     the processes other than rank 0)."""
     run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
     generator_id = generator_identity(cfg, generator)
-    segmenter_id = model_identity(cfg.segmenter, segmenter)
     generator = (open_generator(cfg, "ace") if generator is None
                  else generator).eval()
-    segmenter = (SceneSegmenter.load(cfg.segmenter) if segmenter is None else segmenter).eval()
+    segmenter, segmenter_id = segmenter_and_identity(cfg.segmenter, segmenter)
+    segmenter = segmenter.eval()
     class_idx = class_index(segmenter, cfg.class_name)
     units_total = layer_shape(generator, cfg.layer)[0]  # an unknown layer stops here, listing the layers
     dissection_path = Path(dissection) if Path(dissection).suffix == ".json" else Path(dissection) / "dissect.json"

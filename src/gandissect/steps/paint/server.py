@@ -249,12 +249,12 @@ def build_app(state: PaintApp) -> FastAPI:
 def build_state(cfg) -> PaintApp:
     """The engine, concepts and (with ``cfg.rate_run``) rating session of a PaintConfig, every input checked."""
     from gandissect.models.generators import open_generator
-    from gandissect.models.segmenter import SceneSegmenter
+    from gandissect.models.segmenter import load_segmenter
     from gandissect.steps.paint.concepts import load_concepts
     from gandissect.steps.paint.ratings import RatingSession
 
     concepts = load_concepts(cfg.concepts)
-    generator, segmenter = open_generator(cfg, "paint"), SceneSegmenter.load(cfg.segmenter)
+    generator, segmenter = open_generator(cfg, "paint"), load_segmenter(cfg.segmenter)
     engine = PaintEngine(generator, segmenter, cfg.latent_stream, cfg.batching, cfg.max_batch, cfg.wait_ms,
                          cfg.cache_size, layers=list(concepts["layers"]))
     rating = RatingSession(cfg.rate_run, cfg.rate_seed) if cfg.rate_run else None

@@ -26,7 +26,7 @@ from gandissect.metrics.real_stats import real_statistics
 from gandissect.models.artifact_segmenter import ArtifactSegmenter
 from gandissect.models.planted import PlantedArtifacts
 from gandissect.models.generators import generator_identity, open_generator, save_generator
-from gandissect.models.segmenter import SceneSegmenter
+from gandissect.models.segmenter import load_segmenter
 from gandissect.report.repair import log_to_wandb, write_pictures, write_repair_report
 from gandissect.steps.repair.evaluation import Variant, VariantPass, VariantProgressBar, measure
 from gandissect.steps.repair.learned import ArtifactRepairModule
@@ -70,6 +70,7 @@ def plan_repair(cfg: RepairConfig, generator: nn.Module | None = None) -> Repair
         base = PlantedArtifacts(base, cfg.layer, planted, cfg.plant.quantile, cfg.plant.calibration_n)
         generator_id = f"{generator_id}, planted units {sorted(set(planted))} of {cfg.layer}"
     backbone = fd_backbone(cfg)
+    check_segmenter(cfg, backbone)
     fd = build_fd(backbone, weights=cfg.inception_weights if backbone == "inception" else None,
                   segmenter_path=cfg.segmenter)
     return RepairPlan(base, generator_id, width, k, min(width, cfg.candidates or 4 * k), planted, fd, backbone)
@@ -91,6 +92,16 @@ def check_signal(cfg: RepairConfig, artifact_record: dict) -> None:
             f"routes {', '.join(by_map)} would choose units by noise; use another artifact.method (occlusion), "
             "routes that do not read the map (unit_fd, learned with learned.objective=discriminator), or "
             "artifact.require_signal=false to choose anyway")
+
+
+def check_segmenter(cfg: RepairConfig, backbone: str) -> None:
+    """A repair reads ``segmenter`` for FD-scenes and for the world's rules, both made for the scene segmenter's
+    classes; another segmenter (hf:, a factory) goes with FID and no rules."""
+    if Path(cfg.segmenter).suffix == ".safetensors" or (backbone != "scenes" and cfg.evaluation.rules_n == 0):
+        return
+    raise ConfigError(f"segmenter={cfg.segmenter}: a repair reads its segmenter for FD-scenes and the scene world's "
+                      "rules, which need the scene segmenter; with another segmenter set "
+                      "inception_weights=<pytorch-fid weights file> (FID) and evaluation.rules_n=0")
 
 
 def fd_backbone(cfg: RepairConfig) -> str:
@@ -274,7 +285,7 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
     variants.update({f"random{i}": {cfg.layer: hard(units, width)} for i, units in enumerate(random_sets)})
     lap("unit_choice_s")
 
-    module = VariantPass(generator, variants, fd.backbone, SceneSegmenter.load(cfg.segmenter), cfg.fd_seed,
+    module = VariantPass(generator, variants, fd.backbone, load_segmenter(cfg.segmenter), cfg.fd_seed,
                          cfg.fd_n, cfg.batch_size, cfg.evaluation.rules_n)
     trainer = distributed.build_trainer(cfg.devices, run_dir, [VariantProgressBar()], use_distributed_sampler=False)
     try:
