@@ -138,5 +138,6 @@ def test_eval_gan_compares_class_shares_and_reports_fd(tmp_path, small_generator
 
 def test_generator_commands_name_a_wrong_checkpoint(tmp_path):
     done = gandissect("generate", "--checkpoint", SHIPPED_SEGMENTER, "--out", tmp_path / "x.png")
-    _one_line_error(done, "holds a 'scene-segmenter' model; expected 'progan-generator'")
+    _one_line_error(done, "holds a 'scene-segmenter' model; expected 'generator (progan-generator, "
+                          "stylegan2-generator, ganzoo-progan-generator)'")
     assert not (tmp_path / "x.png").exists()

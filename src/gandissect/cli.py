@@ -64,7 +64,8 @@ def _config(cls, args):
         if value is None:
             continue
         if key in LIST_FLAGS:  # --layers layer3,layer4
-            overrides.append(f"{key}=[{', '.join(json.dumps(item.strip()) for item in value.split(','))}]")
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            overrides.append(f"{key}=[{', '.join(json.dumps(item) for item in items)}]")
         else:  # a JSON string is a YAML string: a path with ':' or '#' stays a string
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     return load_config(cls, args.config, overrides)

@@ -53,6 +53,8 @@ def load_generator(source, truncation: float | None = None, allow_pickle: bool =
         generator = from_factory(source)
     else:
         path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"generator not found: {path}")
         if path.suffix == ".safetensors":
             generator = _load_safetensors(path)
         elif path.suffix == ".pkl":
@@ -79,6 +81,8 @@ def open_generator(cfg, step: str) -> nn.Module:
 def generator_identity(cfg, module: nn.Module | None = None) -> str:
     """How a run records the generator it used: the file's sha256 (or a factory's module digest), with the
     truncation when one is set; or the digest of a module handed over in memory."""
+    if module is None and not is_factory_spec(cfg.generator) and not Path(cfg.generator).is_file():
+        raise CheckpointError(f"generator not found: {cfg.generator}")
     identity = model_identity(cfg.generator, module)
     truncation = getattr(cfg, "truncation", None)
     return identity if module is not None or truncation is None else f"{identity} truncation {truncation}"
@@ -110,7 +114,7 @@ def _load_safetensors(path: Path) -> nn.Module:
     with safe_open(str(path), framework="pt") as f:
         arch = (f.metadata() or {}).get("gandissect_arch")
     if arch not in GENERATORS:  # read_checkpoint names what the file holds
-        read_checkpoint(path, " or ".join(GENERATORS))
+        read_checkpoint(path, "generator (" + ", ".join(GENERATORS) + ")")
     config, tensors = read_checkpoint(path, arch)
     suffix = "." + SCALE_BUFFER
     scales = {key[:-len(suffix)]: tensors.pop(key) for key in list(tensors) if key.endswith(suffix)}
@@ -137,7 +141,7 @@ def load_discriminator(source, allow_pickle: bool = False) -> nn.Module:
     with safe_open(str(path), framework="pt") as f:
         arch = (f.metadata() or {}).get("gandissect_arch")
     if arch not in DISCRIMINATORS:
-        read_checkpoint(path, " or ".join(DISCRIMINATORS))
+        read_checkpoint(path, "discriminator (" + ", ".join(DISCRIMINATORS) + ")")
     config, tensors = read_checkpoint(path, arch)
     model = DISCRIMINATORS[arch](**config)
     load_state_checked(model, tensors, str(path))
