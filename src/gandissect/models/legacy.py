@@ -25,7 +25,7 @@ from torch import nn
 from gandissect.checkpoint import load_state_checked, read_state_dict
 from gandissect.errors import CheckpointError
 from gandissect.models import progan, stylegan2
-from gandissect.models.progan import PixelNorm
+from gandissect.models.progan import PixelNorm, strip_wrapper_prefixes
 
 
 # --- pytorch_GAN_zoo ProGAN -------------------------------------------------------------------------------------
@@ -105,16 +105,9 @@ def ganzoo_config_from_state(tensors: dict[str, torch.Tensor], source: str) -> d
 
 
 # --- which layout -------------------------------------------------------------------------------------------------
-def _strip_prefixes(tensors: dict) -> dict:
-    for prefix in ("module.", "features."):
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
-
-
 def generator_from_state(state: dict, source: str, latent_avg: torch.Tensor | None = None) -> nn.Module:
     """A generator from a state dict of any layout we read (ProGAN official / ours, rosinality, GAN zoo)."""
-    tensors = _strip_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    tensors = strip_wrapper_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     if "input.input" in tensors:
         config = stylegan2.generator_config_from_state(tensors, source)
         model = stylegan2.StyleGAN2Generator(**config)
@@ -152,7 +145,7 @@ def load_torch_generator(path: Path, allow_pickle: bool = False) -> nn.Module:
 def load_torch_discriminator(path: Path, allow_pickle: bool = False) -> nn.Module:
     """The ``d`` of a rosinality StyleGAN2 file (or such a state dict alone)."""
     loaded = read_state_dict(path, "discriminator", allow_pickle=allow_pickle)
-    tensors = _strip_prefixes(loaded["d"] if isinstance(loaded.get("d"), dict) else loaded)
+    tensors = strip_wrapper_prefixes(loaded["d"] if isinstance(loaded.get("d"), dict) else loaded)
     source = f"{path} [d]" if isinstance(loaded.get("d"), dict) else str(path)
     if "convs.0.0.weight" not in tensors:
         raise CheckpointError(f"{source} holds no discriminator gandissect reads (a rosinality StyleGAN2 'd', or a "

@@ -228,7 +228,7 @@ def generator_config_from_state(tensors: dict[str, torch.Tensor], source: str) -
     return {"resolution": resolution, "widths": widths, "latent_dim": latent_dim}
 
 
-def _official_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_wrapper_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Accept state dicts saved from a DataParallel/Sequential wrapper ("module."/"features." prefixes)."""
     for prefix in ("module.", "features."):
         if tensors and all(k.startswith(prefix) for k in tensors):
@@ -240,7 +240,7 @@ def load_generator(source: str | Path | dict) -> ProGANGenerator:
     """A generator from one of our checkpoints (.safetensors), an official GAN-dissection state dict
     (.pth / .pt, e.g. ``churchoutdoor_lsun.pth``), or a state dict already in memory."""
     if isinstance(source, dict):
-        name, tensors = "<state dict>", _official_keys(dict(source))
+        name, tensors = "<state dict>", strip_wrapper_prefixes(dict(source))
         config = generator_config_from_state(tensors, name)
     else:
         path = Path(source)
@@ -249,7 +249,7 @@ def load_generator(source: str | Path | dict) -> ProGANGenerator:
             config, tensors = read_checkpoint(path, ProGANGenerator.ARCH)
         else:
             loaded = read_state_dict(path)
-            tensors = _official_keys(loaded.get("state_dict", loaded))
+            tensors = strip_wrapper_prefixes(loaded.get("state_dict", loaded))
             config = generator_config_from_state(tensors, name)
     model = ProGANGenerator(**config)
     load_state_checked(model, tensors, name)

@@ -16,13 +16,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 
+def _panels(models: list[dict], height: float):
+    """A figure with one panel per model, side by side, sharing the y axis; each panel wide enough for its layers."""
+    widest = max(len(m["layers"]) for m in models)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 0.65 * widest + 1.5) * len(models), height), dpi=100,
+                             sharey=True, squeeze=False)
+    return fig, axes[0]
+
+
 def categories_chart(result: dict) -> np.ndarray:
     """One panel per model: interpretable units per layer, stacked by category (the paper's comparison figure)."""
     models = result["models"]
-    widest = max(len(m["layers"]) for m in models)
-    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 0.65 * widest + 1.5) * len(models), 3.2), dpi=100,
-                             sharey=True, squeeze=False)
-    for ax, model in zip(axes[0], models):
+    fig, axes = _panels(models, 3.2)
+    for ax, model in zip(axes, models):
         names = list(model["layers"])
         bottom = np.zeros(len(names))
         for category, color in CATEGORY_COLORS.items():
@@ -35,17 +41,15 @@ def categories_chart(result: dict) -> np.ndarray:
         ax.set_title(f"{model['label']}: {int(bottom.sum())} of {sum(r['units'] for r in model['layers'].values())} "
                      "units interpretable", fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("interpretable units")
+    axes[0].set_ylabel("interpretable units")
     return figure_array(fig)
 
 
 def best_iou_chart(result: dict) -> np.ndarray:
     """One panel per model: each layer's units by their best IoU (box and points), the threshold as a line."""
     models = result["models"]
-    widest = max(len(m["layers"]) for m in models)
-    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 0.65 * widest + 1.5) * len(models), 3.0), dpi=100,
-                             sharey=True, squeeze=False)
-    for ax, model in zip(axes[0], models):
+    fig, axes = _panels(models, 3.0)
+    for ax, model in zip(axes, models):
         names = list(model["layers"])
         values = [model["layers"][n]["best_iou"]["values"] for n in names]
         ax.boxplot(values, showfliers=False)
@@ -56,7 +60,7 @@ def best_iou_chart(result: dict) -> np.ndarray:
         ax.set_xticks(range(1, len(names) + 1), names, fontsize=7, rotation=30)
         ax.set_title(f"{model['label']}: best IoU of each unit", fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("best IoU over the classes")
+    axes[0].set_ylabel("best IoU over the classes")
     return figure_array(fig)
 
 
