@@ -4,11 +4,14 @@ import json
 import statistics
 
 import pytest
+import torch
 
 from gandissect.config import AceConfig, CompareConfig, DissectConfig, load_config
+from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import release_runs
-from gandissect.errors import GandissectError
-from gandissect.pipelines import run_ace_pipeline
+from gandissect.errors import CheckpointError, GandissectError
+from gandissect.models.generators import load_generator, save_generator
+from gandissect.pipelines import run_ace_pipeline, run_compare_pipeline
 from gandissect.steps.compare import run_compare
 from gandissect.steps.dissect import run_dissection
 
@@ -79,3 +82,52 @@ def test_compare_refuses_missing_runs_and_runs_of_other_generators(two_models, i
     cfg = _config(args.config_class, args)
     assert (cfg.dissections, cfg.labels, cfg.name) == ([pg, sg], ["a", "b"], "c2")
     assert set(args.func(args)["models"]) == {"a", "b"}
+
+
+def permuted_progan(path):
+    """The shipped ProGAN with layer4's units in another order: the same images, with the units renumbered."""
+    g = load_generator(PROGAN)
+    order = torch.randperm(128, generator=torch.Generator().manual_seed(0))
+    state = g.state_dict()
+    state["layer4.conv.weight"] = state["layer4.conv.weight"][order]
+    state["layer4.wscale.b"] = state["layer4.wscale.b"][order]
+    state["layer5.conv.weight"] = state["layer5.conv.weight"][:, order]
+    g.load_state_dict(state)
+    save_generator(g, path)
+    return g, order
+
+
+def test_units_are_matched_across_checkpoints_by_their_activations(two_models, isolated_runs, tmp_path):
+    permuted, order = permuted_progan(tmp_path / "permuted.safetensors")
+    z = seeded_latents(0, 4, 128)
+    assert torch.allclose(permuted(z), load_generator(PROGAN)(z), atol=1e-5)
+    settings = [f"segmenter={SEGMENTER}", "n=100", "batch_size=50", "layers=[layer4]"]
+    cfg = load_config(CompareConfig, None, ["name=steps", f"dissections=[{two_models / 'pg'}]",
+                                            f"generators=[{tmp_path / 'permuted.safetensors'}]",
+                                            f"dissect={REPO / 'experiments/scenes/dissect.yaml'}",
+                                            "labels=[before, after]", "match_units=true", "match_n=64"])
+    cfg.dissect_set = settings  # as a YAML list; on the command line: --set 'dissect_set=["layers=[layer4]"]'
+    run_compare_pipeline(cfg)
+    result = json.loads((isolated_runs / "steps" / "compare.json").read_text())
+    made = isolated_runs / "steps" / "dissect-1-permuted" / "dissect.json"
+    before = json.loads((two_models / "pg" / "dissect.json").read_text())["layers"]["layer4"]
+    after = json.loads(made.read_text())["layers"]["layer4"]
+    assert after["per_class"] == before["per_class"]  # the same units, numbered otherwise
+    (pair,) = result["matches"]
+    assert (pair["earlier"], pair["later"]) == ("before", "after")
+    layer = pair["layers"]["layer4"]
+    interpretable = [u["unit"] for u in after["units_detail"] if u["interpretable"]]
+    assert layer["interpretable"] == len(interpretable) > 0
+    for row in layer["units"]:  # unit u of the permuted model is unit order[u] of the original
+        assert row["match"] == int(order[row["unit"]]) and row["correlation"] > 0.999 and row["same_concept"]
+    assert layer["same_concept"] == len(interpretable)
+    assert (isolated_runs / "steps" / "matches.png").stat().st_size > 0
+    mtime = made.stat().st_mtime
+    release_runs()
+    run_compare_pipeline(cfg)  # the dissection made the first time is reused
+    assert made.stat().st_mtime == mtime
+    missing = load_config(CompareConfig, None, ["name=steps2", f"generators=[{PROGAN}, {tmp_path / 'none.pt'}]",
+                                                f"dissect={REPO / 'experiments/scenes/dissect.yaml'}"])
+    with pytest.raises(CheckpointError, match="generator not found: .*none.pt"):
+        run_compare_pipeline(missing)
+    assert not (isolated_runs / "steps2").exists()

@@ -106,3 +106,61 @@ def test_parent_labels_mark_parts_as_part_of_the_building():
     both = scenes.labels_with_parents(label)
     assert both.shape == (1, 2, 2, 2)
     assert both[0, 1].tolist() == [[C["building"], 0], [C["building"], 0]]
+
+
+def test_the_default_world_is_unchanged_by_the_variants():
+    """Scene (3, 17) of the default world as it was drawn before the variants existed (sha256 of image + labels):
+    every shipped checkpoint was trained on these scenes."""
+    import hashlib
+
+    image, label = scenes.render_scene(3, 17)
+    assert hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest() == \
+        "a409dd642adfd544de4f88e8bb9050ea7ef00840ff6ac9e662790a89f933f088"
+    assert np.array_equal(scenes.render_scene(3, 17, variant="default")[0], image)
+
+
+def test_variants_are_deterministic_worlds_with_other_priors():
+    from gandissect import defaults
+
+    assert tuple(scenes.VARIANTS) == defaults.WORLD_VARIANTS
+    for variant in ("town", "wild"):
+        a, b = scenes.render_scene(0, 5, variant=variant), scenes.render_scene(0, 5, variant=variant)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        assert not np.array_equal(a[0], scenes.render_scene(0, 5)[0])
+    stats = {v: scenes.world_statistics(0, 150, 32, v)["classes"] for v in defaults.WORLD_VARIANTS}
+    share = {v: {c: s["pixel_share"] for c, s in stats[v].items()} for v in stats}
+    assert share["town"]["building"] > 1.5 * share["default"]["building"] > 2 * share["wild"]["building"]
+    assert share["wild"]["tree"] > 1.5 * share["default"]["tree"] > 2 * share["town"]["tree"]
+    assert share["wild"]["mountain"] > share["default"]["mountain"] > share["town"]["mountain"]
+    dataset = scenes.SceneDataset(0, 3, 32, variant="town")
+    assert torch.equal(dataset[2][1], torch.from_numpy(scenes.render_scene(0, 2, 32, "town")[1]))
+    with pytest.raises(GandissectError, match="world variant 'city': expected one of default, town, wild"):
+        scenes.render_scene(0, 0, variant="city")
+
+
+def test_the_variant_reaches_the_commands_that_draw_scenes():
+    from gandissect.config import EvalGANConfig, GANTrainConfig, RepairConfig, ScenesConfig, load_config
+    from gandissect.errors import ConfigError
+
+    assert load_config(GANTrainConfig, None, ["data.variant=wild"]).data.variant == "wild"
+    for cls, key in ((ScenesConfig, "variant"), (EvalGANConfig, "variant"), (RepairConfig, "real_variant"),
+                     (GANTrainConfig, "data.variant")):
+        with pytest.raises(ConfigError, match=f"{key.split('.')[-1]}='city': expected a world variant"):
+            load_config(cls, None, [f"{key}=city"])
+    from gandissect.cli import _config, build_parser
+
+    args = build_parser().parse_args(["scenes", "--out", "x", "--variant", "town", "--n", "4", "--size", "32"])
+    cfg = _config(args.config_class, args)
+    assert cfg.variant == "town"
+
+
+def test_scenes_of_a_variant_are_drawn_with_its_statistics(tmp_path):
+    import json
+
+    from gandissect.steps.evaluate import run_scenes
+
+    out = run_scenes(4, 0, 32, tmp_path / "town", stats_n=20, variant="town")
+    stats = json.loads(open(out["statistics"]).read())
+    assert stats["variant"] == "town"
+    assert stats["classes"]["building"]["pixel_share"] == scenes.world_statistics(0, 20, 32, "town")["classes"][
+        "building"]["pixel_share"]

@@ -53,7 +53,7 @@ from gandissect.io import check_writable_dir, check_writable_file, json_text
 
 # Each command reads its config and checks where it will write first, and imports its step only then, so `--help`
 # and a refused input are fast and nothing is computed for a run that cannot be saved.
-LIST_FLAGS = {"layers", "dissections", "labels", "ace", "repairs"}  # flags taking comma-separated lists
+LIST_FLAGS = {"layers", "dissections", "generators", "labels", "ace", "repairs"}  # flags taking comma-separated lists
 
 
 def _config(cls, args):
@@ -103,7 +103,7 @@ def _scenes(args) -> dict:
     check_run_free(cfg.out)
     from gandissect.steps.evaluate import run_scenes
 
-    return run_scenes(cfg.n, cfg.seed, cfg.size, cfg.out, cfg.class_name, cfg.stats_n)
+    return run_scenes(cfg.n, cfg.seed, cfg.size, cfg.out, cfg.class_name, cfg.stats_n, cfg.variant)
 
 
 def _train(args) -> dict:
@@ -119,7 +119,7 @@ def _eval_segmenter(args) -> dict:
     _run_dir(cfg.name)
     from gandissect.steps.evaluate import run_eval_segmenter
 
-    return run_eval_segmenter(cfg.checkpoint, cfg.n, cfg.seed, cfg.size, cfg.name)
+    return run_eval_segmenter(cfg.checkpoint, cfg.n, cfg.seed, cfg.size, cfg.name, cfg.variant)
 
 
 def _eval_gan(args) -> dict:
@@ -128,7 +128,7 @@ def _eval_gan(args) -> dict:
     _run_dir(cfg.name)
     from gandissect.steps.evaluate import run_eval_gan
 
-    return run_eval_gan(cfg.checkpoint, cfg.n, cfg.seed, cfg.real_seed, cfg.segmenter, cfg.name)
+    return run_eval_gan(cfg.checkpoint, cfg.n, cfg.seed, cfg.real_seed, cfg.segmenter, cfg.name, cfg.variant)
 
 
 def _generate(args) -> dict:
@@ -152,7 +152,7 @@ def _fid_stats(args) -> dict:
     from gandissect.steps.fid import run_fid_stats
 
     return run_fid_stats(cfg.data, cfg.n, cfg.out, cfg.seed, cfg.size, cfg.backbone, cfg.weights, cfg.segmenter,
-                         cfg.batch_size, cfg.device, cfg.name)
+                         cfg.batch_size, cfg.device, cfg.name, cfg.variant)
 
 
 def _fid_score(args) -> dict:
@@ -237,11 +237,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _compare(args) -> dict:
     cfg = _config(CompareConfig, args)
-    if not cfg.dissections:
-        raise ConfigError("compare: give the dissections with --dissections A,B (or dissections: in --config)")
-    from gandissect.steps.compare import run_compare
+    if not cfg.dissections and not cfg.generators:
+        raise ConfigError("compare: give the dissections with --dissections A,B or the generators with --generators "
+                          "X,Y (or dissections: / generators: in --config)")
+    from gandissect.pipelines import run_compare_pipeline
 
-    return run_compare(cfg)
+    return run_compare_pipeline(cfg)
 
 
 def _layers(args) -> dict:
@@ -332,11 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--out", "out", "output directory", required=True)
     _flag(p, "--class", "class_name", "show only scenes containing this class")
     _flag(p, "--stats-n", "stats_n", "scenes used for the class statistics", int)
+    _flag(p, "--variant", "variant", "world variant: default, town or wild")
 
     p = sub.add_parser("train", help="train a model")
     train_sub = p.add_subparsers(dest="model", required=True)
     for model, cls, what in (("segmenter", SegmenterTrainConfig, "the scene segmenter"),
-                             ("gan", GANTrainConfig, "a ProGAN on the scene world")):
+                             ("gan", GANTrainConfig, "a GAN (ProGAN or StyleGAN2) on the scene world")):
         p = _command(train_sub, model, f"train {what} (writes runs/<name>/)", cls, _train, config_required=True)
         _flag(p, "--seed", "seed", "seed of the weights' initialization and the data order", int)
         _flag(p, "--name", "name", "run directory name under runs/")
@@ -349,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--n", "n", "", int)
     _flag(p, "--seed", "seed", "world seed", int)
     _flag(p, "--size", "size", "", int)
+    _flag(p, "--variant", "variant", "world variant: default, town or wild")
     _flag(p, "--name", "name", "run directory name under runs/")
     p = _command(eval_sub, "gan", "class pixel shares and FD-scenes, generated vs real scenes", EvalGANConfig,
                  _eval_gan)
@@ -356,13 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--n", "n", "generated and real scenes, each", int)
     _flag(p, "--seed", "seed", "latent seed", int)
     _flag(p, "--real-seed", "real_seed", "world seed of the real scenes", int)
+    _flag(p, "--variant", "variant", "world variant of the real scenes: default, town or wild")
     _flag(p, "--segmenter", "segmenter", "")
     _flag(p, "--name", "name", "run directory name under runs/")
 
     p = _command(sub, "compare", "dissections of several models, layers or checkpoints side by side (writes "
                                  "runs/<name>/)", CompareConfig, _compare)
     _flag(p, "--dissections", "dissections", "dissect runs (names under runs/ or directories), comma-separated")
-    _flag(p, "--labels", "labels", "one label per dissection, comma-separated")
+    _flag(p, "--generators", "generators", "generators to dissect (with the --config's dissect settings) and compare, "
+                                           "comma-separated")
+    _flag(p, "--labels", "labels", "one label per dissection, then per generator, comma-separated")
     _flag(p, "--ace", "ace", "ACE runs of those generators, comma-separated")
     _flag(p, "--repairs", "repairs", "repair runs of those generators, comma-separated")
     _flag(p, "--name", "name", "run directory name under runs/")
@@ -390,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(stats, "--n", "n", "", int)
     _flag(stats, "--seed", "seed", "world seed (for --data scenes)", int)
     _flag(stats, "--size", "size", "scene size (for --data scenes)", int)
+    _flag(stats, "--variant", "variant", "world variant (for --data scenes): default, town or wild")
     _flag(stats, "--out", "out", "statistics file (.npz: mu, sigma)", required=True)
     _flag(stats, "--name", "name", "run directory name under runs/")
     score = _command(fid_sub, "score", "Frechet distance of a generator's images to saved statistics",

@@ -41,6 +41,12 @@ def _above_zero(config, *names: str) -> None:
         raise ConfigError(f"{', '.join(bad)}: expected a number > 0")
 
 
+def _variant(config, name: str = "variant") -> None:
+    if getattr(config, name) not in defaults.WORLD_VARIANTS:
+        raise ConfigError(f"{name}={getattr(config, name)!r}: expected a world variant, one of "
+                          f"{', '.join(defaults.WORLD_VARIANTS)}")
+
+
 MAX_SEED = 2 ** 32 - 1  # world seeds go to numpy (non-negative only), latent seeds into torch's 64-bit seeds
 
 
@@ -171,9 +177,11 @@ class GANDataConfig:
     batch_size: int = 32
     train_seed: int = 0
     num_workers: int = 1
+    variant: str = "default"       # the world's variant (default, town, wild); also of the FD monitor's real scenes
 
     def __post_init__(self):
         _positive(self, "batch_size")
+        _variant(self)
         _at_least_zero(self, "num_workers")
 
 
@@ -347,6 +355,10 @@ class ScenesConfig:
     out: str | None = None         # output directory (required)
     class_name: str | None = None  # show only scenes containing this class
     stats_n: int = 1000            # scenes used for the class statistics
+    variant: str = "default"       # the world's variant: default, town or wild
+
+    def __post_init__(self):
+        _variant(self)
 
 
 @dataclass
@@ -358,6 +370,10 @@ class EvalSegmenterConfig:
     seed: int = defaults.REAL_SEED
     size: int = 64
     name: str = "eval-segmenter"
+    variant: str = "default"
+
+    def __post_init__(self):
+        _variant(self)
 
 
 @dataclass
@@ -370,6 +386,10 @@ class EvalGANConfig:
     real_seed: int = defaults.REAL_SEED
     segmenter: str = defaults.SCENE_SEGMENTER
     name: str = "eval-gan"
+    variant: str = "default"       # the world variant of the real scenes (the one the GAN was trained on)
+
+    def __post_init__(self):
+        _variant(self)
 
 
 @dataclass
@@ -386,16 +406,26 @@ class GenerateConfig:
 
 @dataclass
 class CompareConfig:
-    """``gandissect compare``: finished dissections (and ACE and repair runs of their generators) side by side."""
+    """``gandissect compare``: dissections of several models (and ACE and repair runs of them) side by side."""
 
     name: str = "compare"
     dissections: list[str] = field(default_factory=list)  # dissect runs: names under runs/, directories or files
-    labels: list[str] = field(default_factory=list)        # one per dissection (empty: the run names)
+    generators: list[str] = field(default_factory=list)   # generators dissected here, all with the same settings:
+    dissect: str = defaults.DISSECT_CONFIG                 # this dissect config,
+    dissect_set: list[str] = field(default_factory=list)   # with these key=value overrides
+    labels: list[str] = field(default_factory=list)        # one per dissection, then per generator (empty: names)
     ace: list[str] = field(default_factory=list)           # ACE runs, each matched to a model by its generator
     repairs: list[str] = field(default_factory=list)       # repair runs, likewise
+    match_units: bool = False      # match each model's units to the previous model's (checkpoints of one model)
+    match_n: int = 256             # shared latents whose activations are correlated
+    match_seed: int = 5
+    batch_size: int = 32
 
     def __post_init__(self):
         check_run_name(self.name)
+        _positive(self, "match_n", "batch_size")
+        if self.match_n < 2:
+            raise ConfigError(f"match_n={self.match_n}: a correlation needs at least 2 latents")
 
 
 @dataclass
@@ -415,6 +445,7 @@ class FidStatsConfig:
     n: int = 10000
     seed: int = 0                  # world seed (data: scenes)
     size: int = 64                 # scene size (data: scenes)
+    variant: str = "default"       # world variant (data: scenes)
     out: str | None = None         # the statistics file (required)
     name: str = "fid-stats"
     backbone: str = "scenes"       # scenes (FD-scenes), inception (FID) or package.module:factory
@@ -422,6 +453,9 @@ class FidStatsConfig:
     segmenter: str = defaults.SCENE_SEGMENTER
     batch_size: int = 50
     device: str | None = None      # null: cuda where available, else cpu
+
+    def __post_init__(self):
+        _variant(self)
 
 
 @dataclass
@@ -584,6 +618,7 @@ class RepairConfig:
     inception_weights: str | None = None
     real_n: int = 10000            # real scenes of world real_seed for the real statistics
     real_seed: int = 12345
+    real_variant: str = "default"  # the world variant of those scenes (the one the GAN was trained on)
     real_stats: str | None = None  # an existing pytorch-fid .npz instead (must match the backbone)
     routes: list[str] = field(default_factory=lambda: ["iou"])  # each evaluated; the first is saved (see README)
     random_draws: int = 10         # random ablations of k units, for the spread the measures gain by chance
@@ -604,6 +639,7 @@ class RepairConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected a positive integer, or null for the default")
         _positive(self, "dissect_n", "effect_n", "fd_n", "real_n", "batch_size")
+        _variant(self, "real_variant")
         unknown = [route for route in self.routes if route not in REPAIR_ROUTES]
         if unknown or not self.routes or len(set(self.routes)) != len(self.routes):
             raise ConfigError(f"routes={list(self.routes)}: expected distinct routes among {', '.join(REPAIR_ROUTES)}")

@@ -11,6 +11,7 @@ DISSECT_CONFIG = "experiments/scenes/dissect.yaml"
 ACE_CONFIG = "experiments/scenes/ace.yaml"
 REPAIR_CONFIG = "experiments/scenes/repair.yaml"
 
+WORLD_VARIANTS = ("default", "town", "wild")  # the built-in world's variants (data/scenes.py VARIANTS)
 REAL_SEED = 12345  # world seed of the held-out real scenes every evaluation compares with
 PAINT_CONCEPTS = "checkpoints/scene_gan_paint_concepts.json"
 PAINT_CONFIG = "experiments/scenes/paint.yaml"

@@ -4,6 +4,7 @@ command line) put one's output into another's input.
 - ``run_ace_pipeline``: the dissection that ranks the units (found, or run into ``<ace run>/dissect``), then ACE.
 - ``run_repair_pipeline``: the artifact segmenter, its dissection at the layer (``<repair run>/dissect``), then
   the repair.
+- ``run_compare_pipeline``: a dissection of each generator to compare (all with one setting), then the comparison.
 - ``run_paint_prepare``: a dissection of the paint layers, ACE runs of the object and part classes, then the
   concepts file the paint server reads.
 
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from gandissect.config import (AceConfig, DissectConfig, PaintPrepareConfig, RepairConfig, WandbConfig, load_config,
-                               to_dict)
+from gandissect.config import (AceConfig, CompareConfig, DissectConfig, PaintPrepareConfig, RepairConfig, WandbConfig,
+                               load_config, to_dict)
 from gandissect.core import distributed
 from gandissect.core.runs import finish_run, module_digest, runs_root, start_run
 from gandissect.errors import GandissectError
 from gandissect.io import write_json
-from gandissect.steps import artifacts, intervene, repair
+from gandissect.steps import artifacts, compare, intervene, repair
 from gandissect.steps.dissect import run_dissection
 from gandissect.metrics.intervention import removal_curve
 from gandissect.models.generators import generator_identity, open_generator
@@ -96,6 +97,35 @@ def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generato
     result = repair.run_repair(cfg, plan, segmenter, record, layer, run_dir, seconds, dissect_later_layer)
     finish_run(run_dir)
     return result
+
+
+def _same_dissection(path: Path, cfg: DissectConfig, generator_id: str) -> bool:
+    """Whether a finished dissection holds ``cfg``'s layers and settings for these weights."""
+    if not path.is_file():
+        return False
+    settings = json.loads(path.read_text()).get("settings", {})
+    wanted = {"generator_sha256": generator_id, "layers": list(cfg.layers), "n": cfg.n, "seed": cfg.seed,
+              "segmenter": cfg.segmenter, "quantile": cfg.quantile, "iou_threshold": cfg.iou_threshold}
+    return all(settings.get(key) == value for key, value in wanted.items())
+
+
+def run_compare_pipeline(cfg: CompareConfig, run_dir: Path | None = None) -> dict:
+    """Dissect each of ``cfg.generators`` with the ``cfg.dissect`` settings into ``<compare run>/dissect-<i>-<file>``
+    (a finished dissection there of the same weights and settings is reused, an interrupted one resumes), then
+    compare them after ``cfg.dissections``. Every config is read before any work."""
+    run_dir = Path(run_dir) if run_dir is not None else runs_root() / cfg.name
+    configs = [load_config(DissectConfig, cfg.dissect, [*cfg.dissect_set, f"generator={generator}",
+                                                        f"name={cfg.name}-dissect"])
+               for generator in cfg.generators]
+    identities = [generator_identity(dcfg) for dcfg in configs]  # a missing file stops here, before any work
+    dissected = []
+    for i, (dcfg, identity) in enumerate(zip(configs, identities), start=1):
+        target = run_dir / f"dissect-{i}-{Path(dcfg.generator).stem}"
+        dcfg.wandb = WandbConfig(mode="disabled")  # the comparison's own run is the one to look at
+        if not _same_dissection(target / "dissect.json", dcfg, identity):
+            run_dissection(dcfg, target)
+        dissected.append(target / "dissect.json")
+    return compare.run_compare(cfg, run_dir, dissected)
 
 
 def _dissect_artifacts(cfg: RepairConfig, generator: nn.Module, segmenter, segmenter_key: dict, run_dir: Path,

@@ -19,11 +19,11 @@ def _batched(items: list, batch_size: int, load) -> Iterator[torch.Tensor]:
 
 
 def scene_batches(seed: int, n: int, size: int = 64, batch_size: int = 50,
-                  share: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+                  share: tuple[int, int] = (0, 1), variant: str = "default") -> Iterator[torch.Tensor]:
     """Scenes 0..n-1 of world ``seed`` as image batches in [-1, 1]; ``share=(rank, processes)`` keeps every
     ``processes``-th scene from ``rank`` on, one process's part of the work."""
     rank, processes = share
-    dataset = scenes.SceneDataset(seed, n, size)
+    dataset = scenes.SceneDataset(seed, n, size, variant=variant)
     return _batched(list(range(rank, n, processes)), batch_size, lambda i: dataset[i][0])
 
 

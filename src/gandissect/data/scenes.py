@@ -1,7 +1,9 @@
 """The built-in world: procedurally drawn outdoor scenes with exact per-pixel labels.
 
-Every scene is a pure function of ``(seed, index, size)``: the same triple always gives the same
-image and label map, on any machine, so runs are reproducible and held-out sets are just other seeds.
+Every scene is a pure function of ``(seed, index, size, variant)``: the same arguments always give the
+same image and label map, on any machine, so runs are reproducible and held-out sets are just other seeds.
+A variant keeps the classes and the rules and changes only how often things appear: ``town`` is mostly
+buildings and roads, ``wild`` mostly trees, mountains, water and clouds (a second dataset to compare on).
 Shapes are placed in resolution-independent coordinates (0..1), so a scene looks the same at 32 or
 256 pixels, only sharper.
 
@@ -52,6 +54,32 @@ WINDOW_COLORS = np.array([[0.10, 0.15, 0.35], [0.05, 0.05, 0.10], [0.95, 0.85, 0
 
 class UnknownClassError(BadValueError):
     pass
+
+
+@dataclass(frozen=True)
+class WorldPriors:
+    """How often each kind of thing appears. Counts are numpy ``integers(low, high)`` ranges (high excluded),
+    the others probabilities per scene."""
+
+    clouds: tuple[int, int] = (0, 4)
+    mountains: float = 0.6
+    lake: float = 0.4
+    road: float = 0.6
+    buildings: tuple[int, int] = (0, 4)
+    trees: tuple[int, int] = (0, 5)
+
+
+VARIANTS = {
+    "default": WorldPriors(),
+    "town": WorldPriors(clouds=(0, 3), mountains=0.15, lake=0.1, road=0.9, buildings=(2, 6), trees=(0, 2)),
+    "wild": WorldPriors(clouds=(1, 5), mountains=0.9, lake=0.7, road=0.15, buildings=(0, 2), trees=(3, 8)),
+}
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise BadValueError(f"world variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    return variant
 
 
 def class_index(name: str) -> int:
@@ -171,10 +199,13 @@ def _draw_tree(cv: _Canvas, base: float, scale: float) -> None:
     cv.paint(crown, "tree", leaf, texture=0.12)
 
 
-def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(seed: int, index: int, size: int = 64, variant: str = "default") -> tuple[np.ndarray, np.ndarray]:
     """Draw scene ``index`` of world ``seed``: an (S, S, 3) uint8 image and an (S, S) int64 label map."""
     check_size(size)
-    rng = np.random.default_rng([int(seed), int(index)])
+    priors = VARIANTS[check_variant(variant)]
+    # The default world keeps its original random stream; a variant's scenes are independent of it.
+    key = [int(seed), int(index)] if variant == "default" else [int(seed), int(index), list(VARIANTS).index(variant)]
+    rng = np.random.default_rng(key)
     coords = ((np.arange(size) + 0.5) / size).astype(np.float32)
     cv = _Canvas(np.zeros((size, size, 3), np.float32), np.zeros((size, size), np.int64),
                  coords[None, :], coords[:, None], rng)
@@ -186,7 +217,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
     cv.image[:] = top * (1 - t) + bottom * t
     cv.label[:] = _C["sky"]
 
-    for _ in range(rng.integers(0, 4)):  # clouds: unions of overlapping ellipses
+    for _ in range(rng.integers(*priors.clouds)):  # clouds: unions of overlapping ellipses
         cx, cy = rng.uniform(0, 1), rng.uniform(0.06, max(0.07, horizon - 0.12))
         blob = np.zeros((size, size), bool)
         for _ in range(rng.integers(2, 5)):
@@ -194,7 +225,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
                                rng.uniform(0.05, 0.10), rng.uniform(0.025, 0.05))
         cv.paint(blob & (cv.v < horizon), "cloud", cv.jitter([0.93, 0.93, 0.95], 0.04), texture=0.03)
 
-    if rng.uniform() < 0.6:  # mountains behind the horizon
+    if rng.uniform() < priors.mountains:  # mountains behind the horizon
         ridge = horizon - rng.uniform(0.08, 0.22) * (0.3 + 0.7 * _ridge(rng, cv.u))
         cv.paint((cv.v >= ridge) & (cv.v < horizon), "mountain", cv.jitter([0.45, 0.42, 0.50], 0.06),
                  texture=0.07)
@@ -202,7 +233,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
     ground = np.broadcast_to(cv.v >= horizon, (size, size))
     cv.paint(ground, "grass", cv.jitter([0.35, 0.62, 0.20], 0.06), texture=0.10)
 
-    if rng.uniform() < 0.4:  # a lake, wide and flat in perspective
+    if rng.uniform() < priors.lake:  # a lake, wide and flat in perspective
         ly = rng.uniform(horizon + 0.08, 0.9)
         lake = cv.ellipse(rng.uniform(0.1, 0.9), ly, rng.uniform(0.15, 0.35), rng.uniform(0.04, 0.09))
         ripples = 0.06 * np.sin(cv.v * size * 1.3)
@@ -212,7 +243,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
             cv.paint(lake, "water", color, texture=0.03)
             cv.image[lake] = np.clip(cv.image[lake] * (1 + np.broadcast_to(ripples, lake.shape)[lake, None]), 0, 1)
 
-    if rng.uniform() < 0.6:  # a road running to a vanishing point on the horizon
+    if rng.uniform() < priors.road:  # a road running to a vanishing point on the horizon
         vx, bx = rng.uniform(0.3, 0.7), rng.uniform(0.2, 0.8)
         half_bottom = rng.uniform(0.15, 0.28)
         depth = np.clip((cv.v - horizon) / (1 - horizon), 0, 1)
@@ -223,8 +254,8 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
         cv.image[stripe] = [0.85, 0.75, 0.25]
 
     # Buildings and trees stand on the ground; draw far (higher on the image) to near.
-    things = [("building", rng.uniform(horizon + 0.03, 0.97)) for _ in range(rng.integers(0, 4))]
-    things += [("tree", rng.uniform(horizon + 0.02, 0.99)) for _ in range(rng.integers(0, 5))]
+    things = [("building", rng.uniform(horizon + 0.03, 0.97)) for _ in range(rng.integers(*priors.buildings))]
+    things += [("tree", rng.uniform(horizon + 0.02, 0.99)) for _ in range(rng.integers(*priors.trees))]
     for kind, base in sorted(things, key=lambda t: t[1]):
         scale = 0.6 + 0.8 * (base - horizon) / (1 - horizon)
         (_draw_building if kind == "building" else _draw_tree)(cv, base, scale)
@@ -261,8 +292,9 @@ def colorize(labels: torch.Tensor | np.ndarray) -> np.ndarray:
 class SceneDataset(Dataset):
     """Scenes ``start .. start+length-1`` of world ``seed`` as ([-1,1] image, label) tensor pairs."""
 
-    def __init__(self, seed: int, length: int, size: int = 64, start: int = 0):
+    def __init__(self, seed: int, length: int, size: int = 64, start: int = 0, variant: str = "default"):
         self.seed, self.length, self.size, self.start = seed, length, check_size(size), start
+        self.variant = check_variant(variant)
 
     def __len__(self) -> int:
         return self.length
@@ -270,22 +302,22 @@ class SceneDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        image, label = render_scene(self.seed, self.start + i, self.size)
+        image, label = render_scene(self.seed, self.start + i, self.size, self.variant)
         return to_tensor(image), torch.from_numpy(label)
 
 
-def world_statistics(seed: int, n: int, size: int = 64) -> dict:
+def world_statistics(seed: int, n: int, size: int = 64, variant: str = "default") -> dict:
     """Pixel share and presence rate (fraction of scenes containing it) of every class."""
     counts = np.zeros(len(CLASSES), np.int64)
     present = np.zeros(len(CLASSES), np.int64)
     for i in range(n):
-        _, label = render_scene(seed, i, size)
+        _, label = render_scene(seed, i, size, variant)
         c = np.bincount(label.ravel(), minlength=len(CLASSES))
         counts += c
         present += c > 0
     total = counts.sum()
     return {
-        "seed": seed, "n": n, "size": size,
+        "seed": seed, "n": n, "size": size, "variant": variant,
         "classes": {
             name: {"category": CATEGORIES[name], "pixel_share": float(counts[i] / total),
                    "presence_rate": float(present[i] / n)}
@@ -298,13 +330,13 @@ class ScenesDataModule(pl.LightningDataModule):
     """Training scenes from one seed, validation scenes from another (never the same scenes)."""
 
     def __init__(self, size: int = 64, batch_size: int = 32, train_seed: int = 0, train_length: int = 100_000,
-                 val_seed: int = 1, val_length: int = 256, num_workers: int = 0):
+                 val_seed: int = 1, val_length: int = 256, num_workers: int = 0, variant: str = "default"):
         super().__init__()
         if train_seed == val_seed:
             raise BadValueError("train_seed and val_seed must differ so that validation scenes are held out")
         self.size, self.batch_size, self.num_workers = check_size(size), batch_size, num_workers
-        self.train_set = SceneDataset(train_seed, train_length, size)
-        self.val_set = SceneDataset(val_seed, val_length, size)
+        self.train_set = SceneDataset(train_seed, train_length, size, variant=variant)
+        self.val_set = SceneDataset(val_seed, val_length, size, variant=variant)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -32,9 +32,11 @@ class RealStatistics:
     path: Path
 
 
-def cache_name(fd: FrechetDistance, size: int, seed: int, n: int, weights_file: str | Path | None) -> str:
+def cache_name(fd: FrechetDistance, size: int, seed: int, n: int, weights_file: str | Path | None,
+               variant: str = "default") -> str:
     weights = sha256_file(weights_file)[:12] if weights_file else "pytorch-fid"  # None: pytorch-fid's own cache
-    return f"real_stats_{fd.name}_{size}px_seed{seed}_n{n}_{weights}.npz"
+    world = "" if variant == "default" else f"{variant}_"  # the default world's files keep their earlier names
+    return f"real_stats_{fd.name}_{size}px_{world}seed{seed}_n{n}_{weights}.npz"
 
 
 def _has_features(path: Path) -> bool:
@@ -49,15 +51,16 @@ def _has_features(path: Path) -> bool:
 
 @torch.no_grad()
 def real_statistics(fd: FrechetDistance, size: int, seed: int, n: int, batch_size: int, cache_dir: str | Path,
-                    weights_file: str | Path | None, given: str | Path | None = None) -> RealStatistics:
-    """Statistics and features of ``n`` ``size``-pixel scenes of world ``seed`` through ``fd``'s backbone, cached
-    in ``cache_dir``; or the ``given`` .npz (which must hold statistics of the same metric)."""
-    path = Path(given) if given else Path(cache_dir) / cache_name(fd, size, seed, n, weights_file)
+                    weights_file: str | Path | None, given: str | Path | None = None,
+                    variant: str = "default") -> RealStatistics:
+    """Statistics and features of ``n`` ``size``-pixel scenes of world ``seed`` (of ``variant``) through ``fd``'s
+    backbone, cached in ``cache_dir``; or the ``given`` .npz (which must hold statistics of the same metric)."""
+    path = Path(given) if given else Path(cache_dir) / cache_name(fd, size, seed, n, weights_file, variant)
     if given is None and not _has_features(path):  # an older cache holds mu and sigma only: made again
         device = distributed.collective_device()
         bank = FeatureBank().to(device)
         rank, world = distributed.rank(), distributed.world_size()
-        batches = scene_batches(seed, n, size, batch_size, (rank, world))
+        batches = scene_batches(seed, n, size, batch_size, (rank, world), variant)
         indices = torch.arange(rank, n, world)
         backbone_device = next(fd.backbone.parameters()).device
         for start, images in zip(range(0, len(indices), batch_size), batches):

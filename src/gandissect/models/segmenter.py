@@ -190,10 +190,10 @@ def iou_summary(metric, classes: tuple[str, ...]) -> dict:
 
 @torch.no_grad()
 def evaluate_segmenter(segmenter: SceneSegmenter, seed: int, n: int, size: int = 64,
-                       batch_size: int = 50, progress: bool = True) -> dict:
+                       batch_size: int = 50, progress: bool = True, variant: str = "default") -> dict:
     """IoU per class (pixels summed over all scenes) of ``segmenter`` on scenes 0..n-1 of world ``seed``."""
     metric = iou_metric(segmenter.classes)
-    loader = DataLoader(scenes.SceneDataset(seed, n, size), batch_size=batch_size)
+    loader = DataLoader(scenes.SceneDataset(seed, n, size, variant=variant), batch_size=batch_size)
     for images, label in tqdm(loader, desc="segmenting", disable=not progress, leave=False):
         metric.update(segmenter(images).argmax(dim=1), label)
-    return {**iou_summary(metric, segmenter.classes), "n": n, "seed": seed, "size": size}
+    return {**iou_summary(metric, segmenter.classes), "n": n, "seed": seed, "size": size, "variant": variant}

@@ -64,6 +64,26 @@ def best_iou_chart(result: dict) -> np.ndarray:
     return figure_array(fig)
 
 
+def matches_chart(result: dict) -> np.ndarray:
+    """One panel per pair of neighbouring models: per layer, the later model's interpretable units, and how many
+    of them best match (by activation correlation) an earlier unit interpretable for the same class."""
+    pairs = result["matches"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(max(4.0, 0.65 * max(len(p["layers"]) for p in pairs) + 1.5)
+                                                     * len(pairs), 3.0), dpi=100, sharey=True, squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        names = list(pair["layers"])
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [pair["layers"][n]["interpretable"] for n in names], 0.4, color="#8c8c8c",
+               label=f"interpretable in {pair['later']}")
+        ax.bar(x + 0.2, [pair["layers"][n]["same_concept"] for n in names], 0.4, color="#4c72b0",
+               label=f"same class in {pair['earlier']}")
+        ax.set_xticks(x, names, fontsize=7, rotation=30)
+        ax.set_title(f"{pair['earlier']} -> {pair['later']}: best-correlated units", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("units")
+    return figure_array(fig)
+
+
 def write_compare_report(run_dir: Path, result: dict) -> Path:
     classes = result["classes"]
     pictures = (picture("categories.png", "interpretable units per layer and category, one panel per model")
@@ -82,6 +102,14 @@ def write_compare_report(run_dir: Path, result: dict) -> Path:
                                 "IoU top 20"],
                                [[r["model"], r["class"], r["layer"], r["units"], r["ace_at_5"], r["ace_at_20"],
                                  r["iou_at_5"], r["iou_at_20"]] for r in result["ace"]])))
+    if result["matches"]:
+        rows = [[f"{p['earlier']} -> {p['later']}", layer, row["interpretable"], row["same_concept"],
+                 row["median_correlation"]] for p in result["matches"] for layer, row in p["layers"].items()]
+        sections.append(("Units matched across checkpoints (activation correlation on shared latents)",
+                         picture("matches.png", "interpretable units of the later model and those whose best match "
+                                                "was interpretable for the same class")
+                         + table(["models", "layer", "interpretable (later)", "same class (earlier)",
+                                  "median correlation"], rows)))
     if result["repair"]:
         sections.append(("Repair", table(
             ["model", "layer", "k", "route", "distance", "original", "repaired", "random (mean)", "random (std)",

@@ -1,9 +1,12 @@
 """Comparison (GAN Dissection, step 7): the dissections of several models (or layers, or checkpoints) side by side.
 
-Reads finished runs only - ``dissect.json`` of each model, and optionally ``ace.json`` and ``repair.json`` runs, each
+Reads finished runs - ``dissect.json`` of each model, and optionally ``ace.json`` and ``repair.json`` runs, each
 attributed to the model whose generator it used (by the generator identity the runs record) - and writes
 ``runs/<name>/``: ``compare.json``, ``categories.png`` (interpretable units per category, layer and model),
-``best_iou.png`` (the distribution of each unit's best IoU per layer) and ``index.html``.
+``best_iou.png`` (the distribution of each unit's best IoU per layer) and ``index.html``. With ``match_units`` it
+also runs each pair of neighbouring models (checkpoints of one GAN) on shared latents and matches every
+interpretable unit of the later one to the earlier unit whose activations correlate with it most
+(``matches.png``). Generators to dissect first are the pipeline's business (``pipelines.run_compare_pipeline``).
 """
 
 from __future__ import annotations
@@ -12,11 +15,18 @@ import json
 import statistics
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from gandissect.config import CompareConfig
-from gandissect.core.runs import finish_run, runs_root, start_run
+from gandissect.core.hooks import NetHook
+from gandissect.core.latents import latent_batches
+from gandissect.core.runs import finish_run, model_identity, runs_root, start_run
 from gandissect.errors import GandissectError
 from gandissect.io import save_image, write_json
-from gandissect.report.compare import best_iou_chart, categories_chart, write_compare_report
+from gandissect.metrics.unit_match import UnitCorrelation, best_matches
+from gandissect.models.generators import load_generator
+from gandissect.report.compare import best_iou_chart, categories_chart, matches_chart, write_compare_report
 
 
 def _read(path: str | Path, file_name: str, what: str) -> tuple[Path, dict]:
@@ -88,20 +98,98 @@ def repair_rows(models: list[dict], runs: list[tuple[Path, dict]]) -> list[dict]
     return rows
 
 
-def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> dict:
-    """Read the runs (refusing a missing one before anything is written), then write the comparison."""
-    if cfg.labels and len(cfg.labels) != len(cfg.dissections):
-        raise GandissectError(f"labels={list(cfg.labels)}: give one label per dissection ({len(cfg.dissections)})")
-    dissections = [_read(p, "dissect.json", "dissection") for p in cfg.dissections]
-    labels = list(cfg.labels) or [Path(path).parent.name for path, _ in dissections]
+def _dissected_generator(model: dict) -> torch.nn.Module:
+    """The generator a dissection read, checked to be the same weights."""
+    path = model["generator"]
+    generator = load_generator(path)
+    if model_identity(path, None if Path(path).is_file() else generator) != model["generator_id"]:
+        raise GandissectError(f"unit matching: {path} is no longer the generator that {model['dissection']} "
+                              "dissected (its sha256 differs); dissect it again")
+    return generator
+
+
+@torch.no_grad()
+def layer_correlations(earlier: torch.nn.Module, later: torch.nn.Module, layers: list[str], n: int, seed: int,
+                       batch_size: int) -> dict[str, torch.Tensor]:
+    """(units of earlier, units of later) activation correlation at each layer, over latents 0..n-1 of ``seed``."""
+    if earlier.latent_dim != later.latent_dim:
+        raise GandissectError(f"unit matching needs one latent space; the models take {earlier.latent_dim} and "
+                              f"{later.latent_dim} numbers")
+    metrics: dict[str, UnitCorrelation] = {}
+    with NetHook(earlier, layers) as hook_a, NetHook(later, layers) as hook_b:
+        for z in tqdm(latent_batches(seed, n, earlier.latent_dim, batch_size), total=-(-n // batch_size),
+                      desc="matching units", leave=False):
+            hook_a(z)
+            hook_b(z)
+            for layer in layers:
+                a, b = hook_a.retained[layer], hook_b.retained[layer]
+                if layer not in metrics:
+                    metrics[layer] = UnitCorrelation(a.shape[1], b.shape[1])
+                metrics[layer].update(a, b)
+    return {layer: metric.compute() for layer, metric in metrics.items()}
+
+
+def match_units(earlier: dict, later: dict, correlations: dict[str, torch.Tensor],
+                layers_a: dict, layers_b: dict) -> dict:
+    """Per layer: each interpretable unit of ``later``, its best-correlated unit of ``earlier`` and whether that
+    unit was interpretable for the same class there."""
+    result = {"earlier": earlier["label"], "later": later["label"], "layers": {}}
+    for layer, correlation in correlations.items():
+        rows_a, corr = best_matches(correlation)
+        detail_a = layers_a[layer]["units_detail"]
+        units = []
+        for unit in layers_b[layer]["units_detail"]:
+            if not unit["interpretable"]:
+                continue
+            match = detail_a[int(rows_a[unit["unit"]])]
+            units.append({"unit": unit["unit"], "label": unit["label"], "iou": unit["iou"], "match": match["unit"],
+                          "correlation": round(float(corr[unit["unit"]]), 4), "match_label": match["label"],
+                          "match_iou": match["iou"],
+                          "same_concept": bool(match["interpretable"] and match["label"] == unit["label"])})
+        same = sum(u["same_concept"] for u in units)
+        result["layers"][layer] = {
+            "interpretable": len(units), "same_concept": same,
+            "share_same_concept": round(same / len(units), 4) if units else None,
+            "median_correlation": round(statistics.median(u["correlation"] for u in units), 4) if units else None,
+            "units": units}
+    return result
+
+
+def matched_pairs(cfg: CompareConfig, models: list[dict], dissections: list[tuple[Path, dict]]) -> list[dict]:
+    """Unit matching between each model and the next, at the layers both dissected with the same spatial size."""
+    pairs = []
+    for (a, (_, res_a)), (b, (_, res_b)) in zip(zip(models, dissections), zip(models[1:], dissections[1:])):
+        layers = [name for name in res_b["layers"] if name in res_a["layers"]
+                  and res_a["layers"][name]["shape"][2:] == res_b["layers"][name]["shape"][2:]]
+        if not layers:
+            raise GandissectError(f"unit matching: {a['label']} and {b['label']} share no dissected layer of one size")
+        correlations = layer_correlations(_dissected_generator(a), _dissected_generator(b), layers, cfg.match_n,
+                                          cfg.match_seed, cfg.batch_size)
+        pairs.append(match_units(a, b, correlations, res_a["layers"], res_b["layers"]))
+    return pairs
+
+
+def run_compare(cfg: CompareConfig, run_dir: Path | None = None, dissected: list[Path] = ()) -> dict:
+    """Read the runs (refusing a missing one before anything is written), then write the comparison.
+    ``dissected``: dissections made for ``cfg.generators``, compared after ``cfg.dissections``."""
+    paths = [*cfg.dissections, *dissected]
+    if cfg.labels and len(cfg.labels) != len(paths):
+        raise GandissectError(f"labels={list(cfg.labels)}: give one label per dissection and generator "
+                              f"({len(paths)})")
+    dissections = [_read(p, "dissect.json", "dissection") for p in paths]
+    labels = list(cfg.labels) or ([Path(path).parent.name for path, _ in dissections[:len(cfg.dissections)]]
+                                  + [Path(g).stem for g in cfg.generators])
     if len(set(labels)) != len(labels):
         raise GandissectError(f"labels {labels} repeat a name; give distinct labels")
     result = compare_dissections(dissections, labels)
     result["ace"] = ace_rows(result["models"], [_read(p, "ace.json", "ACE run") for p in cfg.ace])
     result["repair"] = repair_rows(result["models"], [_read(p, "repair.json", "repair run") for p in cfg.repairs])
+    result["matches"] = matched_pairs(cfg, result["models"], dissections) if cfg.match_units else []
     run_dir = start_run(cfg.name, cfg, root=run_dir)
     save_image(run_dir / "categories.png", categories_chart(result))
     save_image(run_dir / "best_iou.png", best_iou_chart(result))
+    if result["matches"]:
+        save_image(run_dir / "matches.png", matches_chart(result))
     write_json(run_dir / "compare.json", result)
     write_compare_report(run_dir, result)
     finish_run(run_dir)

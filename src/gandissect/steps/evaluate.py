@@ -36,13 +36,14 @@ def sample_grid(generator, seed: int, n: int = 64, columns: int = 8) -> np.ndarr
 
 @torch.no_grad()
 def evaluate_generator(generator, segmenter, n: int = 2000, seed: int = 0, real_seed: int = 12345,
-                       batch_size: int = 100, min_share: float = 0.02, tolerance: float = 0.35) -> dict:
+                       batch_size: int = 100, min_share: float = 0.02, tolerance: float = 0.35,
+                       variant: str = "default") -> dict:
     """Per-class pixel shares of n generated and n real scenes (both segmented), and FD-scenes."""
     classes = segmenter.classes
     counts = {"real": torch.zeros(len(classes), dtype=torch.float64),
               "generated": torch.zeros(len(classes), dtype=torch.float64)}
     fd = scenes_fd(segmenter)
-    real_data = torch.utils.data.DataLoader(scenes.SceneDataset(real_seed, n, generator.resolution),
+    real_data = torch.utils.data.DataLoader(scenes.SceneDataset(real_seed, n, generator.resolution, variant=variant),
                                             batch_size=batch_size)
     for start, (real, _) in zip(tqdm(range(0, n, batch_size), desc="real vs generated", leave=False), real_data):
         fake = generate(generator, seed, len(real), batch_size, start=start)
@@ -61,7 +62,7 @@ def evaluate_generator(generator, segmenter, n: int = 2000, seed: int = 0, real_
         rows[name] = {"real_share": real_share, "generated_share": gen_share, "relative_difference": relative,
                       "checked": checked, "within_tolerance": (abs(relative) <= tolerance) if checked else None}
     return {
-        "n": n, "seed": seed, "real_seed": real_seed, "min_share": min_share, "tolerance": tolerance,
+        "n": n, "seed": seed, "real_seed": real_seed, "variant": variant, "min_share": min_share, "tolerance": tolerance,
         "fd_scenes": float(fd.compute()),
         "classes": rows,
         "passes": all(r["within_tolerance"] for r in rows.values() if r["checked"]),
@@ -92,7 +93,7 @@ def _positive(**values: int) -> None:
 
 
 def run_scenes(n: int, seed: int, size: int, out: str | Path, class_name: str | None = None,
-               stats_n: int = 1000) -> dict:
+               stats_n: int = 1000, variant: str = "default") -> dict:
     """Draw ``n`` scenes of world ``seed`` (only those holding ``class_name`` when given) beside their labels, and
     the world's class statistics over ``max(n, stats_n)`` scenes, into ``out``."""
     _positive(n=n, stats_n=stats_n)
@@ -100,7 +101,7 @@ def run_scenes(n: int, seed: int, size: int, out: str | Path, class_name: str | 
     wanted = scenes.class_index(class_name) if class_name else None
     pairs, index = [], 0
     while len(pairs) < n:
-        image, label = scenes.render_scene(seed, index, size)
+        image, label = scenes.render_scene(seed, index, size, variant)
         if wanted is None or (label == wanted).any():
             pairs.append((index, image, label))
         index += 1
@@ -108,12 +109,12 @@ def run_scenes(n: int, seed: int, size: int, out: str | Path, class_name: str | 
             raise GandissectError(f"class {class_name!r} is too rare: found {len(pairs)} scenes in {index}")
     stats_n = max(n, stats_n)
     out = start_run("scenes", {"command": "scenes", "n": n, "seed": seed, "size": size, "class": class_name,
-                               "stats_n": stats_n}, root=out)
+                               "stats_n": stats_n, "variant": variant}, root=out)
     images = image_grid(np.stack([p[1] for p in pairs]))
     labels = image_grid(scenes.colorize(np.stack([p[2] for p in pairs])))
     gap = np.full((images.shape[0], 8, 3), 255, np.uint8)
     save_image(out / "scenes.png", np.concatenate([images, gap, labels], axis=1), scale=2)
-    stats = scenes.world_statistics(seed, stats_n, size)
+    stats = scenes.world_statistics(seed, stats_n, size, variant)
     stats["shown_indices"] = [p[0] for p in pairs]
     stats["legend"] = {name: scenes.LABEL_COLORS[i].tolist() for i, name in enumerate(scenes.CLASSES) if i}
     write_json(out / "statistics.json", stats)
@@ -121,13 +122,13 @@ def run_scenes(n: int, seed: int, size: int, out: str | Path, class_name: str | 
     return {"out": str(out), "images": str(out / "scenes.png"), "statistics": str(out / "statistics.json")}
 
 
-def run_eval_segmenter(checkpoint: str, n: int, seed: int, size: int, name: str) -> dict:
+def run_eval_segmenter(checkpoint: str, n: int, seed: int, size: int, name: str, variant: str = "default") -> dict:
     """Per-class IoU of a segmenter checkpoint against the world's exact labels on ``n`` scenes of ``seed``."""
     _positive(n=n)
     segmenter = SceneSegmenter.load(checkpoint)
     run_dir = start_run(name, {"command": "eval segmenter", "checkpoint": str(checkpoint), "n": n, "seed": seed,
-                               "size": size})
-    results = evaluate_segmenter(segmenter, seed, n, size)
+                               "size": size, "variant": variant})
+    results = evaluate_segmenter(segmenter, seed, n, size, variant=variant)
     results["checkpoint"] = str(checkpoint)
     write_json(run_dir / "results.json", results)
     finish_run(run_dir)
@@ -135,14 +136,14 @@ def run_eval_segmenter(checkpoint: str, n: int, seed: int, size: int, name: str)
 
 
 def run_eval_gan(checkpoint: str, n: int, seed: int, real_seed: int = defaults.REAL_SEED,
-                 segmenter: str = defaults.SCENE_SEGMENTER, name: str = "eval-gan") -> dict:
+                 segmenter: str = defaults.SCENE_SEGMENTER, name: str = "eval-gan", variant: str = "default") -> dict:
     """Class pixel shares and FD-scenes of ``n`` generated vs ``n`` real scenes; shares.png and samples.png."""
     _positive(n=n)
     generator = stop_on_non_finite(load_generator(checkpoint), "eval gan", checkpoint)
     scene_segmenter = SceneSegmenter.load(segmenter)
     run_dir = start_run(name, {"command": "eval gan", "checkpoint": str(checkpoint), "n": n, "seed": seed,
-                               "real_seed": real_seed, "segmenter": segmenter})
-    results = evaluate_generator(generator, scene_segmenter, n, seed, real_seed)
+                               "real_seed": real_seed, "segmenter": segmenter, "variant": variant})
+    results = evaluate_generator(generator, scene_segmenter, n, seed, real_seed, variant=variant)
     results["checkpoint"] = str(checkpoint)
     save_image(run_dir / "shares.png", shares_chart(results))
     save_image(run_dir / "samples.png", sample_grid(generator, seed), scale=2)

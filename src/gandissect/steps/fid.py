@@ -39,12 +39,12 @@ def _finish(run_dir: Path, results: dict, caught: list) -> dict:
 
 def run_fid_stats(data: str, n: int, out: str | Path, seed: int = 0, size: int = 64, backbone: str = "scenes",
                   weights: str | None = None, segmenter: str = defaults.SCENE_SEGMENTER, batch_size: int = 50,
-                  device: str | None = None, name: str = "fid-stats") -> dict:
+                  device: str | None = None, name: str = "fid-stats", variant: str = "default") -> dict:
     """Feature statistics of ``n`` real images (``data``: "scenes" or a folder), saved at ``out``."""
     if n < 2 or batch_size < 1:
         raise BadValueError(f"--n {n}, --batch-size {batch_size}: statistics need n >= 2 images and batches of >= 1")
     if data == "scenes":
-        batches = scene_batches(seed, n, size, batch_size)
+        batches = scene_batches(seed, n, size, batch_size, variant=variant)
     else:
         batches = folder_batches(data, n, batch_size)
     metric = _metric(backbone, weights, segmenter, device)
@@ -57,7 +57,7 @@ def run_fid_stats(data: str, n: int, out: str | Path, seed: int = 0, size: int =
                               "nothing was saved")
     # the run directory is made once the statistics exist: a run that fails on the way leaves none behind
     run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
-                               "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
+                               "variant": variant, "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
     save_statistics(out, mu, sigma, name=metric.name, count=n)
     results = {"metric": metric.name, "statistics": str(out), "n": n, "data": data,
                "seed": seed if data == "scenes" else None, "num_features": metric.num_features}

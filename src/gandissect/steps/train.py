@@ -197,7 +197,8 @@ class GANModule(pl.LightningModule):
         if not mon.fd_every:
             return
         reference = scenes_fd(self.fd.backbone.segmenter).to(self.device)
-        for images in scene_batches(mon.fd_real_seed, mon.fd_real_n, self.cfg.model.resolution, batch_size=100):
+        for images in scene_batches(mon.fd_real_seed, mon.fd_real_n, self.cfg.model.resolution, batch_size=100,
+                                    variant=self.cfg.data.variant):
             reference.update(images.to(self.device), real=True)
         self.fd.set_real_statistics(*reference.statistics(real=True, sync=False))  # each rank saw them all
 
@@ -291,7 +292,8 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
     data = torch.utils.data.DataLoader(
-        scenes.SceneDataset(cfg.data.train_seed, t.max_steps * cfg.data.batch_size, cfg.model.resolution),
+        scenes.SceneDataset(cfg.data.train_seed, t.max_steps * cfg.data.batch_size, cfg.model.resolution,
+                            variant=cfg.data.variant),
         batch_size=cfg.data.batch_size, shuffle=False, drop_last=True, num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0)
     module = GANModule(cfg)

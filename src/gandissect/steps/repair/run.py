@@ -274,7 +274,7 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
                           "without a batch; use fd_n >= batch_size * processes")
     backbone_file = cfg.inception_weights if plan.backbone == "inception" else cfg.segmenter
     real = real_statistics(fd, generator.resolution, cfg.real_seed, cfg.real_n, cfg.batch_size, run_dir,
-                           backbone_file, cfg.real_stats)
+                           backbone_file, cfg.real_stats, cfg.real_variant)
     lap("real_statistics_s")
     iou = artifact_layer["iou_by_class"]["artifact"]
     routes, rankings = choose(cfg, plan, artifact_segmenter, iou, FrechetToReal(real.mu, real.sigma), run_dir,
