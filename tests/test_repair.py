@@ -172,16 +172,17 @@ def test_repair_command_end_to_end(isolated_runs):
     logged = {key for row in history for key in row}
     assert {"fd/original", "fd/repaired", "fd/random_mean", "units", "images/before_after"} <= logged
     # made for comparing: group, job type, flat config, FD and KID as its summary, the generator it read and made
-    wandb_run = read_offline_run(run / "wandb")
-    assert (wandb_run["group"], wandb_run["job_type"]) == ("scene_gan_generator", "repair")
-    assert (wandb_run["config"]["k"], wandb_run["config"]["generator_sha256"]) == (2, result["settings"]["generator_id"])
-    summary, variants = wandb_run["summary"], evaluation["variants"]
+    logged_run = read_offline_run(run / "wandb")
+    assert (logged_run["group"], logged_run["job_type"]) == ("scene_gan_generator", "repair")
+    assert (logged_run["config"]["k"], logged_run["config"]["generator_sha256"]) == \
+        (2, result["settings"]["generator_id"])
+    summary, variants = logged_run["summary"], evaluation["variants"]
     assert [summary[f"fd/{key}"] for key in ("original", "repaired", "random_mean")] == \
         [fd["original"], fd["repaired"], fd["random_mean"]]
     random_kid = [variants[f"random{i}"]["kid"] for i in range(3)]
     assert [summary[f"kid/{key}"] for key in ("original", "repaired", "random_mean")] == \
         pytest.approx([variants["original"]["kid"], variants["route:iou_effect"]["kid"], sum(random_kid) / 3])
-    used, made = [artifact for artifact in wandb_run["artifacts"] if artifact["type"] == "model"]
+    used, made = [artifact for artifact in logged_run["artifacts"] if artifact["type"] == "model"]
     assert (used["name"], used["used"], made["name"], made["used"]) == \
         ("scene_gan_generator", True, "tiny-repaired_generator", False)
     assert made["type"] == "model" and made["metadata"]["sha256"] == result["checkpoint"]["sha256"]
