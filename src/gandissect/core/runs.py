@@ -261,7 +261,8 @@ def model_name(path: str | Path) -> str:
 
 
 def checkpoint_arch(path: str | Path) -> str | None:
-    """The architecture a gandissect checkpoint records (``progan``, ``stylegan2``, ...); None for other files."""
+    """The architecture a gandissect checkpoint records (``progan-generator``, ``scene-segmenter``, ...); None for
+    other files."""
     if Path(path).suffix != ".safetensors" or not Path(path).is_file():
         return None
     from safetensors import safe_open
@@ -364,7 +365,7 @@ def use_model_artifact(run, path: str | Path | None):
     if run is None or path is None or not Path(path).is_file():
         return None
     artifact = _model_artifact(Path(path), None, None)
-    if not run.settings._offline:
+    if not run.offline:
         return run.use_artifact(artifact)
     # W&B refuses use_artifact offline; for a new artifact use_artifact logs it marked "use after commit", which is
     # what this writes offline, and `wandb sync` then links the run to the artifact as its input.
