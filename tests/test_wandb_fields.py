@@ -66,3 +66,27 @@ def test_a_training_config_is_flattened_to_what_it_trains():
     flat = flat_config(load_config(GANTrainConfig, REPO / "experiments/scenes/gan.yaml"))
     assert flat == {"seed": 0, "arch": "progan", "resolution": 64, "latent_dim": 128, "max_steps": 6000,
                     "batch_size": 32}
+
+
+def test_a_dissection_of_a_snapshot_uses_the_artifact_version_training_logged(tmp_path):
+    """Same name and same manifest (reference and checksum): W&B resolves both to one version, so the lineage graph
+    runs from the training run through the snapshot to the dissection."""
+    train_dir = start_run("my-gan", GANTrainConfig(name="my-gan"), root=tmp_path / "my-gan")
+    snapshot = train_dir / "snapshots" / "generator-step2.safetensors"
+    snapshot.parent.mkdir()
+    shutil.copy(SHIPPED_GAN, snapshot)
+    training = wandb_run(train_dir, GANTrainConfig(name="my-gan"), "train", group=model_name(snapshot))
+    log_model_artifact(training, snapshot, name=model_name(train_dir / "generator.safetensors"), aliases=["step-2"])
+    finish_wandb(training, train_dir)
+    cfg = DissectConfig(name="of-snapshot", generator=str(snapshot))
+    dissection = wandb_run(tmp_path / "of-snapshot", cfg, "dissect")
+    use_model_artifact(dissection, cfg.generator)
+    finish_wandb(dissection, tmp_path / "of-snapshot")
+
+    (made,) = read_offline_run(train_dir)["artifacts"]
+    used_run = read_offline_run(tmp_path / "of-snapshot")
+    (used,) = used_run["artifacts"]
+    assert used_run["group"] == read_offline_run(train_dir)["group"] == "my-gan-generator"
+    assert used["used"] and not made["used"] and used["name"] == made["name"] == "my-gan-generator"
+    assert [(e["path"], e["ref"], e["digest"]) for e in used["entries"]] == \
+        [(e["path"], e["ref"], e["digest"]) for e in made["entries"]]
