@@ -16,7 +16,7 @@ from gandissect.errors import GandissectError
 from gandissect.models.planted import PlantedTreeShare
 from gandissect.models.progan import load_generator
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.core.runs import read_offline_history
+from gandissect.core.runs import read_offline_history, read_offline_run, read_offline_table
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 
@@ -190,6 +190,29 @@ def test_dissect_command_writes_json_report_strips_chart_and_wandb(isolated_runs
     rows = read_offline_history(run_dir)
     assert rows and rows[0]["layer4/interpretable_units"] == result["layers"]["layer4"]["interpretable_units"]
     assert rows[0]["units"]["_type"] == "table-file"
+    # made for comparing: group, job type, flat config, summary, the unit table and the generator it read
+    layers = result["layers"].values()
+    logged = read_offline_run(run_dir)
+    assert (logged["group"], logged["job_type"]) == ("scene_gan_generator", "dissect")
+    assert logged["config"]["generator_sha256"] == result["settings"]["generator_sha256"]
+    assert (logged["config"]["layers"], logged["config"]["n"], logged["config"]["arch"]) == \
+        (["layer3", "layer4"], 64, "progan")
+    summary = logged["summary"]
+    assert summary["interpretable_units"] == sum(layer["interpretable_units"] for layer in layers)
+    assert summary["layer3/interpretable_units"] == result["layers"]["layer3"]["interpretable_units"]
+    assert {c: summary[f"units/{c}"] for c in result["classes"]} == \
+        {c: sum(layer["per_class"].get(c, 0) for layer in layers) for c in result["classes"]}
+    table = read_offline_table(run_dir, "units")
+    assert table["columns"] == ["layer", "unit", "label", "category", "iou", "threshold", "interpretable",
+                                "top_images"]
+    layer4 = result["layers"]["layer4"]["units_detail"]
+    assert len(table["data"]) == 256 and all(row[-1]["_type"] == "image-file" for row in table["data"])
+    assert [row[4] for row in table["data"][128:]] == [u["iou"] for u in layer4]
+    assert [row[-1]["path"].rpartition("/")[2] for row in table["data"][128:]] == \
+        [u["strip"].rpartition("/")[2] for u in layer4]  # each unit's own top-images strip
+    (used,) = [artifact for artifact in logged["artifacts"] if artifact["type"] == "model"]
+    assert (used["name"], used["type"], used["used"]) == ("scene_gan_generator", "model", True)
+    assert used["metadata"]["sha256"] == result["settings"]["generator_sha256"]
 
     bad = _gandissect("dissect", "--layers", "layer99", "--n", "32")
     assert bad.returncode == 2 and not (isolated_runs / "dissect").exists()  # nothing written for a bad layer

@@ -8,7 +8,8 @@ import torch
 
 from gandissect.config import GANTrainConfig, load_config
 from gandissect.models.progan import load_discriminator, load_generator
-from gandissect.core.runs import read_offline_history
+from gandissect.core.runs import read_offline_history, read_offline_run
+from gandissect.io import sha256_file
 from gandissect.steps.train import train_gan
 
 from .conftest import REPO
@@ -22,7 +23,8 @@ def tiny_config(*overrides):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Six real training steps (D and G updates) of the tiny GAN through the Lightning Trainer."""
-    cfg = tiny_config("name=tiny-gan", "trainer.max_steps=6", "monitor.fd_every=3", "monitor.sample_every=3")
+    cfg = tiny_config("name=tiny-gan", "trainer.max_steps=6", "monitor.fd_every=3", "monitor.sample_every=3",
+                      "monitor.snapshot_every=2")
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-gan"
     return run_dir, train_gan(cfg, run_dir=run_dir)
 
@@ -100,10 +102,30 @@ def test_wandb_offline_run_holds_losses_fd_and_sample_grids(trained):
     assert len(grids) == 2 and grids[0]["_type"] == "images/separated"
 
 
-def test_resuming_continues_the_step_count(tmp_path):
+def test_generator_snapshots_are_kept_every_n_steps_and_logged_as_versions_of_one_model(trained):
+    run_dir, results = trained
+    snapshots = sorted((run_dir / "snapshots").iterdir())
+    assert [p.name for p in snapshots] == [f"generator-step{n}.safetensors" for n in (2, 4, 6)]
+    first, last = (load_generator(p) for p in (snapshots[0], snapshots[-1]))
+    assert not torch.equal(first.layer4.conv.weight, last.layer4.conv.weight)  # the EMA generator of its step
+    assert torch.equal(last.layer4.conv.weight, load_generator(run_dir / "generator.safetensors").layer4.conv.weight)
+
+    logged = read_offline_run(run_dir)
+    assert (logged["group"], logged["job_type"]) == ("tiny-gan-generator", "train")
+    assert (logged["config"]["arch"], logged["config"]["max_steps"]) == ("progan", 6)
+    assert logged["summary"]["fd_scenes"] == pytest.approx(results["fd_scenes"]) and logged["summary"]["steps"] == 6
+    models = [a for a in logged["artifacts"] if a["type"] == "model"]
+    assert {a["name"] for a in models} == {"tiny-gan-generator"}  # snapshots and the final one: versions of one model
+    # W&B gives every version it logs "latest" (the server keeps it on the newest)
+    assert [sorted(a["aliases"]) for a in models] == [["latest", f"step-{n}"] for n in (2, 4, 6, 6)]
+    assert [a["metadata"]["sha256"] for a in models] == [sha256_file(p) for p in snapshots] + \
+        [sha256_file(run_dir / "generator.safetensors")]
+
+
+def test_resuming_continues_the_step_count_and_keeps_the_earlier_snapshots(tmp_path):
     def run(steps):
         cfg = tiny_config(f"trainer.max_steps={steps}", "monitor.fd_every=0", "monitor.sample_every=0",
-                          "wandb.mode=disabled")
+                          "monitor.snapshot_every=2", "wandb.mode=disabled")
         return train_gan(cfg, run_dir=tmp_path / "resumable")
 
     first = run(3)
@@ -111,6 +133,8 @@ def test_resuming_continues_the_step_count(tmp_path):
     longer = run(5)
     assert (longer["steps"], longer["resumed_from_step"]) == (5, 3)
     assert longer["images_seen"] == 20
+    assert sorted(p.name for p in (tmp_path / "resumable" / "snapshots").iterdir()) == \
+        ["generator-step2.safetensors", "generator-step4.safetensors"]
 
 
 def test_two_process_ddp_run_logs_from_rank_zero_only(tmp_path):

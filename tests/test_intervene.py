@@ -21,7 +21,7 @@ from gandissect.steps.intervene import InterventionModule
 from gandissect.models.planted import PlantedTreePainter, tree_texture
 from gandissect.models.progan import load_generator
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.core.runs import read_offline_history
+from gandissect.core.runs import read_offline_history, read_offline_run
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 
@@ -109,7 +109,7 @@ def ace_run(tmp_path_factory):
     """`gandissect ace` on a tiny config: it dissects layer4 itself (no dissection run of that name exists)."""
     runs = tmp_path_factory.mktemp("ace-cli") / "runs"
     settings = ["name=tiny", "dissection=no-such-run", "dissect_n=64", "constants_n=64", "n=16", "steps=6",
-                "batch_size=4", "removal_units=3", "top_units=3", "log_every=1", "init_units=3",
+                "batch_size=4", "removal_units=5", "top_units=3", "log_every=1", "init_units=3",
                 f"generator={SHIPPED_GAN}", f"segmenter={SHIPPED_SEGMENTER}", "wandb.mode=offline"]
     command = [console_script(), "ace", "--config", str(REPO / "experiments/scenes/ace.yaml"), "--class", "tree",
                "--layer", "layer4"] + [arg for s in settings for arg in ("--set", s)]
@@ -126,7 +126,7 @@ def test_the_ace_command_writes_its_run_logs_to_wandb_and_keeps_the_ranking(ace_
     assert printed["class"] == "tree" and printed["run_dir"] == str(run_dir)
     assert sorted(result["rankings"]["ace"]) == list(range(128)) and len(result["alpha"]) == 128
     assert all(0 <= a <= 1 for a in result["alpha"])
-    assert len(result["removal"]["iou"]["curve"]) == len(result["removal"]["ace"]["curve"]) == 3
+    assert len(result["removal"]["iou"]["curve"]) == len(result["removal"]["ace"]["curve"]) == 5
     assert result["context"] and sum(row["cells"] for row in result["context"]) == 16
     for name in ("ace.json", "index.html", "removal.png", "edits.png", "config.yaml"):
         assert (run_dir / name).exists(), name
@@ -145,6 +145,19 @@ def test_the_ace_command_writes_its_run_logs_to_wandb_and_keeps_the_ranking(ace_
                 "removal/curves", "context", "grid/before", "grid/after"):
         assert key in logged, (key, sorted(logged))
     assert sum("train/loss" in row for row in rows) >= 5
+
+    # made for comparing: group, job type, flat config, the removal figures as its summary, the generator it read
+    logged = read_offline_run(run_dir)
+    assert (logged["group"], logged["job_type"]) == ("scene_gan_generator", "ace")
+    assert (logged["config"]["layer"], logged["config"]["class_name"], logged["config"]["generator_sha256"]) == \
+        ("layer4", "tree", result["settings"]["generator_sha256"])
+    summary = logged["summary"]
+    for ranking in ("iou", "ace"):
+        assert summary[f"removal/{ranking}_at_5"] == result["removal"][ranking]["at_5"]
+        assert f"removal/{ranking}_at_20" not in summary  # 5 units removed: no figure at 20
+        assert summary[f"ace/{ranking}_top_units"] == result["ace_of_top_units"][ranking]["ace"]
+    (used,) = [artifact for artifact in logged["artifacts"] if artifact["type"] == "model"]
+    assert (used["name"], used["type"], used["used"]) == ("scene_gan_generator", "model", True)
 
 
 @pytest.mark.parametrize("option, value, expected", [

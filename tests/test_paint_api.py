@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from gandissect.config import PaintConfig, PaintLimitsConfig
+from gandissect.core.runs import read_offline_run
 from gandissect.core.hooks import NetHook
 from gandissect.steps.paint.engine import Stroke, compose
 from gandissect.steps.paint.server import build_app, build_state
@@ -378,3 +379,7 @@ def test_prepare_makes_a_concepts_file_the_server_reads(tmp_path, isolated_runs)
     again = run_paint_prepare(cfg)  # the finished ACE runs are reused, not run again
     assert again["wall_s"] < first["wall_s"] / 2 and load_concepts(tmp_path / "concepts.json")["concepts"] == concepts[
         "concepts"]
+    logged = read_offline_run(isolated_runs / "paint-prepare" / "wandb")  # both attempts, one W&B run
+    assert (logged["group"], logged["job_type"]) == ("scene_gan_generator", "paint-prepare")
+    assert logged["summary"]["concepts"] == again["concepts"] and logged["summary"]["ace_runs"] == again["ace_runs"]
+    assert {a["name"] for a in logged["artifacts"] if a["used"]} == {"scene_gan_generator"}

@@ -11,7 +11,7 @@ import torch
 import gandissect  # noqa: F401
 from gandissect.core.hooks import NetHook, UnknownLayerError, fold_ablation, fold_unit_scale, unit_alpha
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import read_offline_history
+from gandissect.core.runs import read_offline_history, read_offline_run
 from gandissect.data.images import scene_batches
 from gandissect.errors import BadValueError
 from gandissect.models.artifact_segmenter import ArtifactSegmenter
@@ -171,6 +171,21 @@ def test_repair_command_end_to_end(isolated_runs):
     history = read_offline_history(run / "wandb")
     logged = {key for row in history for key in row}
     assert {"fd/original", "fd/repaired", "fd/random_mean", "units", "images/before_after"} <= logged
+    # made for comparing: group, job type, flat config, FD and KID as its summary, the generator it read and made
+    logged_run = read_offline_run(run / "wandb")
+    assert (logged_run["group"], logged_run["job_type"]) == ("scene_gan_generator", "repair")
+    assert (logged_run["config"]["k"], logged_run["config"]["generator_sha256"]) == \
+        (2, result["settings"]["generator_id"])
+    summary, variants = logged_run["summary"], evaluation["variants"]
+    assert [summary[f"fd/{key}"] for key in ("original", "repaired", "random_mean")] == \
+        [fd["original"], fd["repaired"], fd["random_mean"]]
+    random_kid = [variants[f"random{i}"]["kid"] for i in range(3)]
+    assert [summary[f"kid/{key}"] for key in ("original", "repaired", "random_mean")] == \
+        pytest.approx([variants["original"]["kid"], variants["route:iou_effect"]["kid"], sum(random_kid) / 3])
+    used, made = [artifact for artifact in logged_run["artifacts"] if artifact["type"] == "model"]
+    assert (used["name"], used["used"], made["name"], made["used"]) == \
+        ("scene_gan_generator", True, "tiny-repaired_generator", False)
+    assert made["type"] == "model" and made["metadata"]["sha256"] == result["checkpoint"]["sha256"]
     # the flagged shares of the table are measured on the FD latents, not on those the units were chosen on
     assert result["artifact_fraction"]["seed"] == fd["seed"] != result["artifact_fraction"]["selection"]["seed"]
 

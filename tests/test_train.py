@@ -4,7 +4,7 @@ import pytest
 
 from gandissect.config import SegmenterTrainConfig, load_config
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.core.runs import read_offline_history
+from gandissect.core.runs import read_offline_history, read_offline_run
 from gandissect.steps.train import train_segmenter
 
 from .conftest import REPO
@@ -50,6 +50,11 @@ def test_wandb_offline_run_lives_in_the_run_directory_and_holds_the_metrics(trai
     assert len(images) == 2 and images[0]["_type"] == "images/separated"
     media = run_dir.glob("wandb/offline-run-*/files/" + images[0]["filenames"][0])
     assert next(media).stat().st_size > 0  # the picture itself is in the run files
+    logged = read_offline_run(run_dir)
+    assert (logged["group"], logged["job_type"]) == ("tiny", "train")
+    assert logged["summary"]["val_miou"] == pytest.approx(results["val_miou"]) and logged["summary"]["steps"] == 6
+    (model,) = [artifact for artifact in logged["artifacts"] if artifact["type"] == "model"]
+    assert model["name"] == "tiny-segmenter" and sorted(model["aliases"]) == ["latest", "step-6"]
 
 
 def test_validation_iou_rises_with_training_from_a_fixed_seed(tmp_path):

@@ -75,6 +75,7 @@ class WandbConfig:
     mode: str = "offline"          # offline (files in the run directory), online, or disabled
     project: str = "gandissect"
     entity: str | None = None
+    group: str | None = None       # runs to compare side by side; null: the generator's name, else the run's name
 
     def __post_init__(self):
         if self.mode not in ("offline", "online", "disabled"):
@@ -221,9 +222,10 @@ class GANMonitorConfig:
     sample_n: int = 64
     sample_seed: int = 0
     checkpoint_every: int = 500
+    snapshot_every: int = 1000     # steps between generator snapshots in snapshots/ and as W&B artifacts (0: none)
 
     def __post_init__(self):
-        _at_least_zero(self, "fd_every", "sample_every")
+        _at_least_zero(self, "fd_every", "sample_every", "snapshot_every")
         _positive(self, "sample_n", "checkpoint_every")
         if self.fd_n < 2 or self.fd_real_n < 2:
             raise ConfigError(f"monitor.fd_n={self.fd_n}, monitor.fd_real_n={self.fd_real_n}: a Frechet distance "

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gandissect.config import AceConfig, DemoConfig, DissectConfig, RepairConfig, load_config, to_dict
-from gandissect.core.runs import check_wandb_login, finish_run, finish_wandb, runs_root, start_run, wandb_run
+from gandissect.config import AceConfig, DemoConfig, DissectConfig, RepairConfig, load_config
+from gandissect.core.runs import (check_wandb_login, finish_run, finish_wandb, runs_root, set_summary, start_run,
+                                  wandb_run)
 from gandissect.data import scenes
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
@@ -82,7 +83,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     write_report(run_dir / "index.html", "gandissect demo: dissect, intervene on and repair the shipped scene GAN",
                  pipeline + world)
 
-    run = wandb_run(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
+    run = wandb_run(run_dir, cfg, "demo")
     if run is not None:
         import wandb
 
@@ -90,6 +91,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                  "classes": wandb.Table(columns=["class", "category", "pixel_share", "presence_rate", "iou"],
                                         data=rows),
                  **{f"grid/{k[:-4]}": wandb.Image(v) for k, v in grids.items()}})
+        set_summary(run, {"miou": quality["miou"]})
         finish_wandb(run, run_dir)
     finish_run(run_dir)
     summary = {"run_dir": str(run_dir), "miou": quality["miou"]}

@@ -24,7 +24,8 @@ import torch.nn as nn
 from gandissect.config import (AceConfig, CompareConfig, DissectConfig, PaintPrepareConfig, RepairConfig, WandbConfig,
                                load_config, to_dict)
 from gandissect.core import distributed
-from gandissect.core.runs import finish_run, module_digest, runs_root, start_run
+from gandissect.core.runs import (finish_run, finish_wandb, module_digest, runs_root, set_summary, start_run,
+                                  use_model_artifact, wandb_run)
 from gandissect.errors import GandissectError
 from gandissect.io import write_json
 from gandissect.steps import artifacts, compare, intervene, repair
@@ -204,6 +205,11 @@ def run_paint_prepare(cfg: PaintPrepareConfig, run_dir: Path | None = None) -> d
     concepts["wall_s"] = round(time.perf_counter() - started, 1)
     write_json(run_dir / "concepts.json", concepts)
     write_json(cfg.out, concepts)
+    run = wandb_run(run_dir, cfg, "paint-prepare")
+    if run is not None:
+        set_summary(run, {"concepts": len(concepts["concepts"]), "ace_runs": len(aces), "ace_skipped": len(skipped)})
+        use_model_artifact(run, cfg.generator)
+        finish_wandb(run, run_dir)
     finish_run(run_dir)
     return {"run_dir": str(run_dir), "out": cfg.out, "concepts": len(concepts["concepts"]),
             "strengths": {layer: entry["strengths"]["units"] for layer, entry in concepts["layers"].items()},

@@ -29,6 +29,7 @@ import netrc
 import os
 import struct
 import platform
+import re
 import secrets
 import string
 import time
@@ -218,60 +219,175 @@ def wandb_id(run_dir: Path) -> str:
 
 
 def finish_wandb(run, run_dir: Path) -> None:
-    """End a W&B run and remove the empty folders W&B leaves in its artifact staging area (a staged file is kept:
-    ``wandb sync`` uploads it)."""
+    """End a W&B run and remove the empty folders W&B leaves in its artifact staging and cache areas (a staged file is
+    kept: ``wandb sync`` uploads it)."""
     run.finish()
     if not launch_rank_zero():  # the processes Lightning started have no W&B run of their own
         return
-    for staging in (run_dir / "wandb" / "artifacts" / "staging", run_dir / "artifacts" / "staging"):
-        if not staging.is_dir():
-            continue
-        for folder in staging.glob("tmp*"):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        for folder in (staging, staging.parent):  # artifacts/staging, then artifacts, when nothing is left there
+    for artifacts in (run_dir / "wandb" / "artifacts", run_dir / "artifacts"):
+        for folder in (artifacts / "staging", artifacts / "tmp"):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.glob("tmp*"):
+                if tmp.is_dir() and not any(tmp.iterdir()):
+                    tmp.rmdir()
             if not any(folder.iterdir()):
                 folder.rmdir()
+        if artifacts.is_dir() and not any(artifacts.iterdir()):
+            artifacts.rmdir()
 
 
-def wandb_logger(run_dir: Path, settings: WandbConfig, name: str, config: dict):
-    """A Lightning WandbLogger for this run (the run directory's W&B run, resumed), or None when W&B is disabled.
+# --- what a W&B run carries, so that runs can be filtered, grouped and compared in the dashboard ---------------------
+JOB_TYPES = ("train", "dissect", "ace", "repair", "compare", "paint-prepare", "demo")
+SNAPSHOTS_DIR = "snapshots"       # runs/<train run>/snapshots/generator-step<N>.safetensors
+GENERATOR_FILE = "generator.safetensors"
+# the settings a dashboard filters by, lifted to the top level of the W&B config when a step's config has them
+FLAT_KEYS = ("layer", "layers", "class_name", "n", "seed", "dissect_n", "quantile", "iou_threshold", "k", "routes",
+             "fd_n", "truncation", "segmenter")
+
+
+def model_name(path: str | Path) -> str:
+    """How W&B names a model file (the default group of the runs that read it, and its artifact's name): the file's
+    stem (``scene_gan_generator``), or ``<run>-<stem>`` for a file a gandissect run wrote under a generic name
+    (``runs/scene-gan/generator.safetensors`` is ``scene-gan-generator``); a training run's snapshots are versions
+    of its generator, so the training run and the dissections of any of its checkpoints share one group."""
+    path = Path(path)
+    if path.parent.name == SNAPSHOTS_DIR:
+        path = path.parent.parent / GENERATOR_FILE
+    folder = path.parent
+    ran_here = (folder / CONFIG_FILE).is_file() or (folder / RUNNING_CONFIG_FILE).is_file()
+    name = f"{folder.name}-{path.stem}" if ran_here else path.stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # the characters W&B allows in artifact names
+
+
+def checkpoint_arch(path: str | Path) -> str | None:
+    """The architecture a gandissect checkpoint records (``progan-generator``, ``scene-segmenter``, ...); None for
+    other files."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("gandissect_arch")
+
+
+def flat_config(cfg) -> dict:
+    """The keys runs are filtered and compared by in the W&B dashboard, flat: ``generator``, ``generator_sha256`` and
+    ``arch`` of the generator file the step reads (or trains), and whichever of FLAT_KEYS its config has."""
+    config = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    flat = {key: config[key] for key in FLAT_KEYS if key in config}
+    generator = config.get("generator")
+    if isinstance(generator, str) and Path(generator).is_file():
+        arch = checkpoint_arch(generator)  # progan-generator: "progan", as a training run's model.arch says
+        flat.update(generator=generator, generator_sha256=sha256_file(generator),
+                    arch=arch.removesuffix("-generator") if arch else None)
+    elif generator:
+        flat["generator"] = generator  # a factory: no file to hash
+    model = config.get("model")
+    if isinstance(model, dict):  # a training run: what it trains
+        flat.update({key: model[key] for key in ("arch", "resolution", "latent_dim") if key in model})
+    if isinstance(config.get("trainer"), dict):
+        flat["max_steps"] = config["trainer"].get("max_steps")
+    if isinstance(config.get("data"), dict) and "batch_size" in config["data"]:
+        flat["batch_size"] = config["data"]["batch_size"]
+    return flat
+
+
+def wandb_config(cfg) -> dict:
+    """A step's W&B config: its whole (nested) config, with the flat keys of ``flat_config`` at the top level."""
+    return {**to_dict(cfg), **flat_config(cfg)}
+
+
+def default_group(cfg) -> str:
+    """The W&B group of a step's run when ``wandb.group`` is not set: the model it reads (``model_name`` of its
+    ``generator``), else the run's name."""
+    generator = getattr(cfg, "generator", None)
+    return model_name(generator) if generator else cfg.name
+
+
+def _run_settings(cfg, job_type: str, group: str | None) -> dict:
+    if job_type not in JOB_TYPES:
+        raise ValueError(f"job_type {job_type!r}: expected one of {', '.join(JOB_TYPES)}")
+    return {"name": cfg.name, "project": cfg.wandb.project, "entity": cfg.wandb.entity, "job_type": job_type,
+            "group": cfg.wandb.group or group or default_group(cfg), "config": wandb_config(cfg)}
+
+
+def wandb_logger(run_dir: Path, cfg, job_type: str, group: str | None = None):
+    """A Lightning WandbLogger for step config ``cfg`` (the run directory's W&B run, resumed), or None when W&B is
+    disabled. The group is ``cfg.wandb.group``, else ``group``, else ``default_group(cfg)``.
 
     ``WandbLogger(offline=True)`` refuses ``log_model``; setting WANDB_MODE=offline and leaving
     ``offline=False`` gives the same offline run without that restriction.
     """
-    if settings.mode == "disabled":
+    if cfg.wandb.mode == "disabled":
         return None
     from pytorch_lightning.loggers import WandbLogger
 
-    wandb_environment(run_dir, settings)
-    return WandbLogger(name=name, project=settings.project, entity=settings.entity, save_dir=str(run_dir),
-                       config=config, offline=False, id=wandb_id(run_dir), resume="allow")
+    wandb_environment(run_dir, cfg.wandb)
+    return WandbLogger(save_dir=str(run_dir), offline=False, id=wandb_id(run_dir), resume="allow",
+                       **_run_settings(cfg, job_type, group))
 
 
-def wandb_run(run_dir: Path, settings: WandbConfig, name: str, config: dict):
-    """A plain ``wandb`` run for commands that are not trained by Lightning (the run directory's W&B run, resumed;
-    None when disabled)."""
-    if settings.mode == "disabled":
+def wandb_run(run_dir: Path, cfg, job_type: str, group: str | None = None):
+    """A plain ``wandb`` run for step config ``cfg``, for commands that are not trained by Lightning (the run
+    directory's W&B run, resumed; None when disabled). The group as in ``wandb_logger``."""
+    if cfg.wandb.mode == "disabled":
         return None
     import wandb
 
-    wandb_environment(run_dir, settings)
-    return wandb.init(project=settings.project, entity=settings.entity, name=name, dir=str(run_dir),
-                      config=config, reinit="finish_previous", id=wandb_id(run_dir), resume="allow")
+    wandb_environment(run_dir, cfg.wandb)
+    return wandb.init(dir=str(run_dir), reinit="finish_previous", id=wandb_id(run_dir), resume="allow",
+                      **_run_settings(cfg, job_type, group))
 
 
-def read_offline_history(run_dir: str | Path) -> list[dict]:
-    """The logged rows (``run.log`` calls) of the offline W&B run(s) under ``run_dir``, oldest first.
+def _model_artifact(path: Path, name: str | None, metadata: dict | None):
+    import wandb
+
+    artifact = wandb.Artifact(name or model_name(path), type="model",
+                              metadata={"file": str(path), "sha256": sha256_file(path), "arch": checkpoint_arch(path),
+                                        **(metadata or {})})
+    # a reference, not a copy: the run files stay small; the checksum still tells versions apart
+    artifact.add_reference(path.resolve().as_uri(), name=path.name if path.parent.name != SNAPSHOTS_DIR
+                           else GENERATOR_FILE)
+    return artifact
+
+
+def log_model_artifact(run, path: str | Path, name: str | None = None, aliases: list[str] = (),
+                       metadata: dict | None = None):
+    """Record the model file at ``path`` as an output of ``run``: a W&B artifact of type ``model`` (named
+    ``model_name(path)`` unless ``name`` is given) with its sha256 and architecture in the metadata."""
+    return run.log_artifact(_model_artifact(Path(path), name, metadata), aliases=list(aliases))
+
+
+def use_model_artifact(run, path: str | Path | None):
+    """Record the model file at ``path`` as an input of ``run`` (W&B lineage: this run used that checkpoint);
+    nothing for a generator that is not a file (a factory)."""
+    if run is None or path is None or not Path(path).is_file():
+        return None
+    artifact = _model_artifact(Path(path), None, None)
+    if not run.offline:
+        return run.use_artifact(artifact)
+    # W&B refuses use_artifact offline; for a new artifact use_artifact logs it marked "use after commit", which is
+    # what this writes offline, and `wandb sync` then links the run to the artifact as its input.
+    return run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+
+
+def set_summary(run, values: dict) -> None:
+    """The run's summary metrics (what the dashboard's runs table shows and compares), without the None values."""
+    run.summary.update({key: value for key, value in values.items() if value is not None})
+
+
+# --- reading an offline run back (tests, and users without an account) -----------------------------------------------
+def _offline_records(run_dir: str | Path):
+    """Every protobuf ``Record`` of the offline W&B run(s) under ``run_dir``, oldest run first.
 
     W&B writes its records in a LevelDB-style log: a 7-byte file header, then 32 KiB blocks of
     chunks, each chunk with a 7-byte header (checksum, length, type: full / first / middle / last)
-    around a serialized protobuf ``Record``. Reading it back lets tests and users check what was
-    logged without an account or the W&B server.
+    around a serialized protobuf ``Record``.
     """
     from wandb.proto import wandb_internal_pb2
 
-    block, rows = 32 * 1024, []
+    block = 32 * 1024
     for path in sorted(Path(run_dir).glob("**/offline-run-*/run-*.wandb")):
         data = path.read_bytes()
         if data[:4] != b":W&B":
@@ -299,14 +415,60 @@ def read_offline_history(run_dir: str | Path) -> list[dict]:
         for raw in records:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(raw)
-            if record.WhichOneof("record_type") != "history":
-                continue
-            row: dict = {}
-            for item in record.history.item:
-                *parents, leaf = list(item.nested_key) or [item.key]  # images etc. arrive as nested keys
-                node = row
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = json.loads(item.value_json)
-            rows.append(row)
-    return rows
+            yield record
+
+
+def _set_items(target: dict, items) -> dict:
+    """Apply W&B's ``{key or nested_key, value_json}`` items to a dict (images etc. arrive as nested keys)."""
+    for item in items:
+        *parents, leaf = list(item.nested_key) or [item.key]
+        node = target
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = json.loads(item.value_json)
+    return target
+
+
+def read_offline_history(run_dir: str | Path) -> list[dict]:
+    """The logged rows (``run.log`` calls) of the offline W&B run(s) under ``run_dir``, oldest first. Reading them
+    back lets tests and users check what was logged without an account or the W&B server."""
+    return [_set_items({}, record.history.item) for record in _offline_records(run_dir)
+            if record.WhichOneof("record_type") == "history"]
+
+
+def read_offline_table(run_dir: str | Path, key: str) -> dict:
+    """The last ``wandb.Table`` logged under ``key`` by the offline W&B run(s) under ``run_dir``, as W&B staged it for
+    ``wandb sync`` (in the run's table artifact): ``columns``, ``data`` (an image cell is ``{"_type": "image-file",
+    "path": ...}``), ...; KeyError when there is none."""
+    staged = [entry["local_path"] for artifact in read_offline_run(run_dir)["artifacts"]
+              if artifact["type"] == "run_table" for entry in artifact["entries"]
+              if entry["path"] == f"{key}.table.json"]
+    if not staged:
+        raise KeyError(f"no table {key!r} in the W&B runs under {run_dir}")
+    return json.loads(Path(staged[-1]).read_text())
+
+
+def read_offline_run(run_dir: str | Path) -> dict:
+    """What the offline W&B run(s) under ``run_dir`` say about themselves: ``group``, ``job_type``, ``config``,
+    ``summary`` (the last value of each key), ``artifacts`` (logged: name, type, aliases, metadata, entries, and
+    ``used``: an input of the run rather than an output) and ``used_artifacts`` (use_artifact records, online)."""
+    run = {"group": None, "job_type": None, "config": {}, "summary": {}, "artifacts": [], "used_artifacts": []}
+    for record in _offline_records(run_dir):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(group=record.run.run_group, job_type=record.run.job_type)
+            _set_items(run["config"], record.run.config.update)
+        elif kind == "config":
+            _set_items(run["config"], record.config.update)
+        elif kind == "summary":
+            _set_items(run["summary"], record.summary.update)
+        elif kind == "artifact":
+            a = record.artifact
+            run["artifacts"].append({
+                "name": a.name, "type": a.type, "aliases": list(a.aliases), "used": a.use_after_commit,
+                "metadata": json.loads(a.metadata) if a.metadata else {},
+                "entries": [{"path": e.path, "ref": e.ref, "digest": e.digest, "local_path": e.local_path}
+                            for e in a.manifest.contents]})
+        elif kind == "use_artifact":
+            run["used_artifacts"].append({"name": record.use_artifact.name, "type": record.use_artifact.type})
+    return run

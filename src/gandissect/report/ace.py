@@ -11,7 +11,7 @@ from torch import nn
 
 from gandissect.config import AceConfig
 from gandissect.core.hooks import edited_images, module_device, unit_alpha
-from gandissect.core.runs import finish_wandb
+from gandissect.core.runs import finish_wandb, set_summary, use_model_artifact
 from gandissect.data import scenes
 from gandissect.io import figure_array, image_grid, save_image, write_json
 from gandissect.report.html import picture, table, write_report
@@ -88,4 +88,9 @@ def write_ace_report(cfg: AceConfig, run_dir: Path, result: dict, logger, genera
                                         data=[[r[k] for k in ("class", "cells", "before", "after", "effect")]
                                               for r in result["context"]]),
                  "edits": wandb.Image(str(run_dir / "edits.png"))})
+        set_summary(run, {**{f"removal/{name}_at_{k}": rem[name].get(f"at_{k}") for name in rem for k in (5, 20)},
+                          **{f"ace/{name}_top_units": top[name]["ace"] for name in ("iou", "ace")},
+                          "units_above_half": result["units_above_half"]})
+        if not result["settings"]["generator_sha256"].startswith("module "):  # read from cfg.generator
+            use_model_artifact(run, cfg.generator)
         finish_wandb(run, run_dir)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gandissect.config import WandbConfig
+from gandissect.config import DissectConfig
 from gandissect.core.hooks import NetHook
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import finish_wandb, wandb_run
+from gandissect.core.runs import finish_wandb, set_summary, use_model_artifact, wandb_run
 from gandissect.data import scenes
 from gandissect.io import figure_array, save_image
 from gandissect.metrics.unit_stats import upsampled_masks
@@ -165,17 +165,33 @@ def _block_strips(hook: NetHook, latent_dim: int, layer: str, thresholds: torch.
     return paths
 
 
-def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, result: dict) -> None:
-    """The unit table, the charts and the best units' strips as one W&B run (nothing when W&B is disabled)."""
-    run = wandb_run(run_dir, settings, name, config)
+def wandb_summary(result: dict) -> dict:
+    """A dissection's numbers for the W&B runs table: interpretable units in all, per layer, per class (``units/tree``,
+    every class of the segmenter, 0 included, so runs compare column by column) and per category."""
+    layers = result["layers"].values()
+    summary = {"interpretable_units": sum(layer["interpretable_units"] for layer in layers)}
+    summary.update({f"{name}/interpretable_units": layer["interpretable_units"]
+                    for name, layer in result["layers"].items()})
+    summary.update({f"units/{c}": sum(layer["per_class"].get(c, 0) for layer in layers) for c in result["classes"]})
+    summary.update({f"categories/{category}": sum(layer["per_category"].get(category, 0) for layer in layers)
+                    for category in sorted({c for c in result["categories"].values() if c})})
+    return summary
+
+
+def log_to_wandb(run_dir: Path, cfg: DissectConfig, result: dict) -> None:
+    """The dissection as one W&B run (nothing when W&B is disabled): the unit table with every unit's top images, the
+    charts, the best units' strips, the counts of ``wandb_summary`` as its summary, and the generator file it read
+    as its input artifact."""
+    run = wandb_run(run_dir, cfg, "dissect")
     if run is None:
         return
     import wandb
 
-    rows = [[name, u["unit"], u["label"], u["category"], u["iou"], u["threshold"], u["interpretable"]]
+    rows = [[name, u["unit"], u["label"], u["category"], u["iou"], u["threshold"], u["interpretable"],
+             wandb.Image(str(run_dir / u["strip"]))]
             for name, layer in result["layers"].items() for u in layer["units_detail"]]
     logged = {"units": wandb.Table(columns=["layer", "unit", "label", "category", "iou", "threshold",
-                                            "interpretable"], data=rows)}
+                                            "interpretable", "top_images"], data=rows)}
     for name, layer in result["layers"].items():
         logged[f"{name}/interpretable_units"] = layer["interpretable_units"]
         logged[f"{name}/chart"] = wandb.Image(str(run_dir / layer["chart"]))
@@ -184,4 +200,7 @@ def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, 
                                                    caption=f"unit {u['unit']}: {u['label']} IoU {u['iou']:.3f}")
                                        for u in best]
     run.log(logged)
+    set_summary(run, wandb_summary(result))
+    if not result["settings"]["generator_sha256"].startswith("module "):  # read from cfg.generator
+        use_model_artifact(run, cfg.generator)
     finish_wandb(run, run_dir)

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gandissect.config import WandbConfig
+from gandissect.config import RepairConfig
 from gandissect.core.hooks import scaled_units
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import finish_wandb, wandb_run
+from gandissect.core.runs import finish_wandb, log_model_artifact, set_summary, use_model_artifact, wandb_run
 from gandissect.data import scenes
 from gandissect.io import figure_array, image_grid, save_image
 from gandissect.report.html import picture, table, write_report
@@ -201,8 +201,26 @@ def write_repair_report(run_dir: Path, result: dict, layer: dict) -> None:
     write_report(run_dir / "index.html", f"gandissect repair: {s['layer']} of {s['generator']}", sections)
 
 
-def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, result: dict) -> None:
-    run = wandb_run(run_dir, settings, name, config)
+def wandb_summary(result: dict) -> dict:
+    """A repair's numbers for the W&B runs table: FD (and KID where measured) of the original, the repaired and the
+    mean of the random ablations, the flagged artifact shares, and whether the target was met."""
+    fd, variants = result["fd"], result["evaluation"]["variants"]
+    summary = {"fd/original": fd["original"], "fd/repaired": fd["repaired"], "fd/random_mean": fd["random_mean"],
+               "fd/random_std": fd["random_std"], "target_met": result["verdict"]["target_met"],
+               "artifact_fraction/original": result["artifact_fraction"]["original"],
+               "artifact_fraction/repaired": result["artifact_fraction"]["repaired"]}
+    random_kid = [v["kid"] for name, v in variants.items() if name.startswith("random") and "kid" in v]
+    if "kid" in variants["original"]:
+        summary.update({"kid/original": variants["original"]["kid"],
+                        "kid/repaired": variants[f"route:{result['verdict']['route']}"]["kid"],
+                        "kid/random_mean": sum(random_kid) / len(random_kid) if random_kid else None})
+    return summary
+
+
+def log_to_wandb(run_dir: Path, cfg: RepairConfig, result: dict) -> None:
+    """The repair as one W&B run (nothing when W&B is disabled): its figures, the unit table, ``wandb_summary`` as
+    its summary, the generator it read as its input artifact and the repaired generator as its output."""
+    run = wandb_run(run_dir, cfg, "repair")
     if run is None:
         return
     import wandb
@@ -219,4 +237,11 @@ def log_to_wandb(run_dir: Path, settings: WandbConfig, name: str, config: dict, 
     for name in ("before_after", "artifacts", "fd_chart"):
         logged[f"images/{name}"] = wandb.Image(str(run_dir / f"{name}.png"))
     run.log(logged)
+    set_summary(run, wandb_summary(result))
+    if not result["settings"]["generator_id"].startswith("module "):  # read from cfg.generator
+        use_model_artifact(run, cfg.generator)
+    if result["checkpoint"].get("path"):
+        log_model_artifact(run, run_dir / result["checkpoint"]["path"], aliases=["latest"],
+                           metadata={"repaired_from": cfg.generator, "layer": cfg.layer,
+                                     "units": result["chosen_units"], "route": result["verdict"]["route"]})
     finish_wandb(run, run_dir)

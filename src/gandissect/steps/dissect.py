@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gandissect.config import DissectConfig, to_dict
+from gandissect.config import DissectConfig
 from gandissect.core import distributed
 from gandissect.core.hooks import NetHook, layer_shapes
 from gandissect.core.latents import LatentBatches, latent_batches
@@ -321,7 +321,7 @@ def write_outputs(module: DissectModule, cfg: DissectConfig, run_dir: Path, wall
     if len(result["layers"]) > 1:
         save_image(run_dir / "chart_layers.png", layers_chart(result))
     write_dissection_report(run_dir, result)
-    log_to_wandb(run_dir, cfg.wandb, cfg.name, to_dict(cfg), result)
+    log_to_wandb(run_dir, cfg, result)
     finish_run(run_dir)
     return result
 

@@ -198,7 +198,7 @@ def run_ace(cfg: AceConfig, dissection: str | Path, run_dir: Path | None = None,
 
     grid_latents = seeded_latents(cfg.eval_seed, 8, generator.latent_dim)
     module = InterventionModule(generator, segmenter, cfg.layer, class_idx, constants, init, cfg, grid_latents)
-    logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
+    logger = wandb_logger(run_dir, cfg, "ace")
     trainer = distributed.build_trainer(cfg.devices, run_dir, logger=logger if logger else False,
                                         max_steps=cfg.steps, log_every_n_steps=min(cfg.log_every, cfg.steps))
     fit_started = time.perf_counter()

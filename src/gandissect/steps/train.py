@@ -18,12 +18,14 @@ from gandissect.config import (DevicesConfig, GANModelConfig, GANTrainConfig, Se
                                to_dict)
 from gandissect.core import distributed
 from gandissect.core.latents import generate, seeded_latents
-from gandissect.core.runs import finish_run, finish_wandb, machine_description, start_run, wandb_logger
+from gandissect.core.runs import (GENERATOR_FILE, SNAPSHOTS_DIR, finish_run, finish_wandb, log_model_artifact,
+                                  machine_description, model_name, set_summary, start_run, wandb_logger)
 from gandissect.data import scenes
 from gandissect.data.images import scene_batches
 from gandissect.errors import ConfigError
 from gandissect.io import image_grid, save_image, write_json
 from gandissect.metrics.fid import scenes_fd
+from gandissect.models.generators import save_generator
 from gandissect.models.losses import discriminator_loss, generator_loss
 from gandissect.models.progan import ProGANDiscriminator, ProGANGenerator
 from gandissect.models.segmenter import SceneSegmenter, iou_metric, iou_summary
@@ -127,7 +129,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
                                    val_seed=cfg.data.val_seed, val_length=cfg.data.val_length,
                                    num_workers=cfg.data.num_workers)
     module = SegmenterModule(cfg.model.widths, cfg.data.size, cfg.optim.lr, cfg.optim.weight_decay, t.max_steps)
-    logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
+    logger = wandb_logger(run_dir, cfg, "train")
     trainer = _trainer(t, cfg.devices, run_dir, logger, t.max_steps, t.val_check_interval,
                        val_check_interval=min(t.val_check_interval, t.max_steps), check_val_every_n_epoch=None)
     resume_from, resumed_step = _resume_checkpoint(run_dir, cfg.resume)
@@ -145,6 +147,10 @@ def train_segmenter(cfg: SegmenterTrainConfig, run_dir: Path | None = None) -> d
     if trainer.is_global_zero:
         module.model.cpu().eval().save(run_dir / "segmenter.safetensors")
         write_json(run_dir / "results.json", results)
+    if logger is not None and trainer.is_global_zero:  # the other processes' W&B run is a stand-in
+        set_summary(logger.experiment, {"steps": results["steps"], "val_miou": results["val_miou"]})
+        log_model_artifact(logger.experiment, run_dir / "segmenter.safetensors",
+                           aliases=["latest", f"step-{results['steps']}"])
     if logger is not None:
         finish_wandb(logger.experiment, run_dir)
     finish_run(run_dir)
@@ -171,7 +177,9 @@ class GANModule(pl.LightningModule):
     Lightning counts optimizer steps, so ``trainer.global_step`` is twice the number of training steps;
     ``self.step`` is the number of training steps. Every ``fd_every`` steps the EMA generator is scored
     with FD-scenes (Frechet distance on the scene segmenter's features) against fixed real statistics,
-    and every ``sample_every`` steps a grid of the same fixed latents is logged.
+    and every ``sample_every`` steps a grid of the same fixed latents is logged. Every ``snapshot_every`` steps the
+    EMA generator is saved as ``snapshots/generator-step<N>.safetensors`` (and logged as a W&B model artifact), so
+    one can dissect the checkpoints of a run and see how its units emerged.
     """
 
     def __init__(self, cfg: GANTrainConfig):
@@ -250,6 +258,18 @@ class GANModule(pl.LightningModule):
                 self.logger.log_metrics({"fd_scenes": fd}, step=self._log_step)
         if mon.sample_every and step % mon.sample_every == 0 and self.trainer.is_global_zero:
             self.log_samples()
+        if mon.snapshot_every and step % mon.snapshot_every == 0 and self.trainer.is_global_zero:
+            self.save_snapshot()
+
+    def save_snapshot(self) -> Path:
+        """The EMA generator of this step in the run's snapshots/, and as a version of the run's generator artifact."""
+        run_dir = Path(self.trainer.default_root_dir)
+        path = save_ema_generator(self.G_ema, run_dir / SNAPSHOTS_DIR / f"generator-step{self.step}.safetensors")
+        run = getattr(self.logger, "experiment", None)
+        if run is not None:
+            log_model_artifact(run, path, name=model_name(run_dir / GENERATOR_FILE), aliases=[f"step-{self.step}"],
+                               metadata={"step": self.step})
+        return path
 
     @property
     def _log_step(self) -> int:
@@ -286,6 +306,14 @@ class GANModule(pl.LightningModule):
         return [opt_g, opt_d]
 
 
+def save_ema_generator(G_ema: torch.nn.Module, path: Path) -> Path:
+    """A copy of the EMA generator as a checkpoint, with the average w that truncation pulls towards (StyleGAN2)."""
+    generator = copy.deepcopy(G_ema).cpu().eval()
+    if hasattr(generator, "estimate_latent_avg"):
+        generator.estimate_latent_avg()
+    return save_generator(generator, path)
+
+
 def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list = ()) -> dict:
     """Train a GAN (ProGAN or StyleGAN2) on the scene world; writes the run directory and returns its results."""
     run_dir = start_run(cfg.name, cfg, root=run_dir)
@@ -297,7 +325,8 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
         batch_size=cfg.data.batch_size, shuffle=False, drop_last=True, num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0)
     module = GANModule(cfg)
-    logger = wandb_logger(run_dir, cfg.wandb, cfg.name, to_dict(cfg))
+    # the group of the generator it makes, which the dissections of that generator (or its snapshots) also get
+    logger = wandb_logger(run_dir, cfg, "train", group=model_name(run_dir / GENERATOR_FILE))
     # The D update leaves G's parameters without gradients by design, which plain DDP treats as an error.
     devices = cfg.devices
     if devices.strategy == "ddp":
@@ -314,15 +343,17 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
         "steps": module.step, "resumed_from_step": int(resumed_step), "images_seen": module.step * cfg.data.batch_size
         * trainer.world_size, "wall_time_s": round(wall, 1), "machine": machine_description(),
         "world_size": trainer.world_size, "fd_scenes": fd, "fd_n": cfg.monitor.fd_n,
-        "generator": str(run_dir / "generator.safetensors"),
+        "generator": str(run_dir / GENERATOR_FILE),
         "discriminator": str(run_dir / "discriminator.safetensors"),
     }
     if trainer.is_global_zero:
-        if hasattr(module.G_ema, "estimate_latent_avg"):  # what truncation pulls towards
-            module.G_ema.cpu().estimate_latent_avg()
-        module.G_ema.cpu().eval().save(run_dir / "generator.safetensors")
+        save_ema_generator(module.G_ema, run_dir / GENERATOR_FILE)
         module.D.cpu().eval().save(run_dir / "discriminator.safetensors")
         write_json(run_dir / "results.json", results)
+    if logger is not None and trainer.is_global_zero:  # the other processes' W&B run is a stand-in
+        set_summary(logger.experiment, {key: results[key] for key in ("steps", "images_seen", "fd_scenes")})
+        log_model_artifact(logger.experiment, run_dir / GENERATOR_FILE, aliases=["latest", f"step-{module.step}"],
+                           metadata={"step": module.step, "fd_scenes": fd})
     if logger is not None:
         finish_wandb(logger.experiment, run_dir)
     finish_run(run_dir)

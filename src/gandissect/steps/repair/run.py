@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gandissect.config import RepairConfig, to_dict
+from gandissect.config import RepairConfig
 from gandissect.core import distributed
 from gandissect.core.hooks import apply_unit_scales, layer_shape, scaled_units, unit_alpha
 from gandissect.core.latents import seeded_latents
@@ -352,7 +352,7 @@ def run_repair(cfg: RepairConfig, plan: RepairPlan, artifact_segmenter: Artifact
                         "wall_s": round(sum(seconds.values()), 1)}
     write_json(run_dir / "repair.json", result)
     write_repair_report(run_dir, result, artifact_layer)
-    log_to_wandb(run_dir, cfg.wandb, cfg.name, to_dict(cfg), result)
+    log_to_wandb(run_dir, cfg, result)
     return result
 
 
