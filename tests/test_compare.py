@@ -8,7 +8,7 @@ import torch
 
 from gandissect.config import AceConfig, CompareConfig, DissectConfig, load_config
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import release_runs
+from gandissect.core.runs import read_offline_run, release_runs
 from gandissect.errors import CheckpointError, GandissectError
 from gandissect.models.generators import load_generator, save_generator
 from gandissect.pipelines import run_ace_pipeline, run_compare_pipeline
@@ -44,7 +44,7 @@ def two_models(tmp_path_factory):
 def test_the_comparison_holds_the_dissections_numbers(two_models, isolated_runs):
     out = run_compare(load_config(CompareConfig, None, ["name=cmp", f"dissections=[{two_models / 'pg'}, "
                                                         f"{two_models / 'sg'}]", "labels=[ProGAN, StyleGAN2]",
-                                                        f"ace=[{two_models / 'pg-ace'}]"]))
+                                                        f"ace=[{two_models / 'pg-ace'}]", "wandb.mode=disabled"]))
     result = json.loads((isolated_runs / "cmp" / "compare.json").read_text())
     assert [m["label"] for m in result["models"]] == ["ProGAN", "StyleGAN2"]
     for model, run in zip(result["models"], ("pg", "sg")):
@@ -122,6 +122,15 @@ def test_units_are_matched_across_checkpoints_by_their_activations(two_models, i
         assert row["match"] == int(order[row["unit"]]) and row["correlation"] > 0.999 and row["same_concept"]
     assert layer["same_concept"] == len(interpretable)
     assert (isolated_runs / "steps" / "matches.png").stat().st_size > 0
+    logged = read_offline_run(isolated_runs / "steps")  # the comparison's W&B run, for the dashboard
+    assert (logged["group"], logged["job_type"]) == ("steps", "compare")
+    summary = logged["summary"]
+    assert summary["after/layer4/interpretable_units"] == after["interpretable_units"] == \
+        summary["before/interpretable_units"]
+    assert summary["after/units/tree"] == after["per_class"].get("tree", 0)
+    assert summary["before -> after/layer4/share_same_concept"] == 1.0
+    used = {a["metadata"]["file"] for a in logged["artifacts"] if a["used"] and a["type"] == "model"}
+    assert used == {PROGAN, str(tmp_path / "permuted.safetensors")}
     mtime = made.stat().st_mtime
     release_runs()
     run_compare_pipeline(cfg)  # the dissection made the first time is reused

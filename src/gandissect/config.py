@@ -422,6 +422,7 @@ class CompareConfig:
     match_n: int = 256             # shared latents whose activations are correlated
     match_seed: int = 5
     batch_size: int = 32
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
         check_run_name(self.name)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from gandissect.config import CompareConfig
 from gandissect.core.hooks import NetHook
 from gandissect.core.latents import latent_batches
-from gandissect.core.runs import finish_run, model_identity, runs_root, start_run
+from gandissect.core.runs import (finish_run, finish_wandb, model_identity, runs_root, set_summary, start_run,
+                                  use_model_artifact, wandb_run)
 from gandissect.errors import GandissectError
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_match import UnitCorrelation, best_matches
@@ -169,6 +170,37 @@ def matched_pairs(cfg: CompareConfig, models: list[dict], dissections: list[tupl
     return pairs
 
 
+def summary_metrics(result: dict) -> dict:
+    """Flat numbers for the W&B runs table: interpretable units per model (all layers and per layer) and per class,
+    and the share of units matched to the same class across checkpoints."""
+    summary = {}
+    for model in result["models"]:
+        label, layers = model["label"], model["layers"]
+        summary[f"{label}/interpretable_units"] = sum(row["interpretable"] for row in layers.values())
+        for name, row in layers.items():
+            summary[f"{label}/{name}/interpretable_units"] = row["interpretable"]
+        for c in result["classes"]:
+            summary[f"{label}/units/{c}"] = sum(row["per_class"].get(c, 0) for row in layers.values())
+    for pair in result["matches"]:
+        for name, row in pair["layers"].items():
+            summary[f"{pair['earlier']} -> {pair['later']}/{name}/share_same_concept"] = row["share_same_concept"]
+    return summary
+
+
+def log_to_wandb(run_dir: Path, cfg: CompareConfig, result: dict) -> None:
+    run = wandb_run(run_dir, cfg, "compare")
+    if run is None:
+        return
+    import wandb
+
+    set_summary(run, summary_metrics(result))
+    for model in result["models"]:  # lineage: the comparison read these checkpoints
+        use_model_artifact(run, model["generator"])
+    run.log({name: wandb.Image(str(run_dir / f"{name}.png")) for name in ("categories", "best_iou", "matches")
+             if (run_dir / f"{name}.png").is_file()})
+    finish_wandb(run, run_dir)
+
+
 def run_compare(cfg: CompareConfig, run_dir: Path | None = None, dissected: list[Path] = ()) -> dict:
     """Read the runs (refusing a missing one before anything is written), then write the comparison.
     ``dissected``: dissections made for ``cfg.generators``, compared after ``cfg.dissections``."""
@@ -192,6 +224,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None, dissected: list
         save_image(run_dir / "matches.png", matches_chart(result))
     write_json(run_dir / "compare.json", result)
     write_compare_report(run_dir, result)
+    log_to_wandb(run_dir, cfg, result)
     finish_run(run_dir)
     return {"run_dir": str(run_dir), "report": str(run_dir / "index.html"),
             "models": {m["label"]: {layer: row["interpretable"] for layer, row in m["layers"].items()}
