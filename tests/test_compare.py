@@ -62,7 +62,7 @@ def test_the_comparison_holds_the_dissections_numbers(two_models, isolated_runs)
     assert (row["model"], row["class"], row["layer"]) == ("ProGAN", "building", "layer4")
     assert (row["ace_at_5"], row["ace_at_20"]) == (ace["removal"]["ace"]["at_5"], ace["removal"]["ace"]["at_20"])
     assert (row["iou_at_20"]) == ace["removal"]["iou"]["at_20"]
-    for name in ("categories.png", "best_iou.png", "index.html", "config.yaml"):
+    for name in ("categories.png", "classes.png", "best_iou.png", "index.html", "config.yaml"):
         assert (isolated_runs / "cmp" / name).stat().st_size > 0
     assert "StyleGAN2" in (isolated_runs / "cmp" / "index.html").read_text()
 

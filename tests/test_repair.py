@@ -14,6 +14,7 @@ from gandissect.core.latents import seeded_latents
 from gandissect.core.runs import read_offline_history, read_offline_run
 from gandissect.data.images import scene_batches
 from gandissect.errors import BadValueError
+from gandissect.io import sha256_file
 from gandissect.models.artifact_segmenter import ArtifactSegmenter
 from gandissect.models.planted import PlantedArtifacts
 from gandissect.models.progan import ProGANGenerator, load_discriminator, load_generator
@@ -189,13 +190,17 @@ def test_repair_command_end_to_end(isolated_runs):
     # the flagged shares of the table are measured on the FD latents, not on those the units were chosen on
     assert result["artifact_fraction"]["seed"] == fd["seed"] != result["artifact_fraction"]["selection"]["seed"]
 
-    # a rerun under the same name with another artifact segmenter starts its dissection over, not fails
+    # a rerun under the same name with another artifact segmenter (the shipped one, ready: nothing to build) starts
+    # its dissection over, not fails
+    first_dissection = (run / "dissect" / "dissect.json").read_text()
+    shipped = REPO / "checkpoints" / "scene_gan_artifact_segmenter.safetensors"
     again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", *TINY, "routes=[iou]", "random_draws=2",
-                    "artifact.calibration_n=32")
+                    f"artifact.segmenter={shipped}")
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((run / "repair.json").read_text())
-    assert rerun["artifact_segmenter"]["calibration"]["n"] == 32
+    assert rerun["artifact_segmenter"]["segmenter_sha256"] == sha256_file(shipped)
     assert rerun["artifact_segmenter"]["threshold"] != result["artifact_segmenter"]["threshold"]
+    assert (run / "dissect" / "dissect.json").read_text() != first_dissection
 
 
 def test_repair_refuses_a_bad_layer_with_the_layer_list(isolated_runs):
@@ -246,14 +251,13 @@ def test_a_ready_artifact_segmenter_is_used_as_it_is(tmp_path):
     """The shipped GAN's artifact segmenter (checkpoints/) is loaded instead of built, recorded by its sha256 and
     copied into the run, where the artifact dissection reads it."""
     from gandissect.config import RepairConfig, load_config
-    from gandissect.io import sha256_file
     from gandissect.steps.artifacts import artifact_segmenter
 
     shipped = REPO / "checkpoints" / "scene_gan_artifact_segmenter.safetensors"
-    cfg = load_config(RepairConfig, None, [f"artifact.segmenter={shipped}"])
+    cfg = load_config(RepairConfig, None, [f"artifact.segmenter={shipped}", "artifact.check_n=100"])
     segmenter, record = artifact_segmenter(cfg, load_generator(SHIPPED_GAN), "id", tmp_path)
     assert record["segmenter_sha256"] == sha256_file(shipped) and record["build_s"] == 0.0
     assert record["threshold"] == pytest.approx(float(ArtifactSegmenter.load(shipped).threshold))
     assert torch.equal(ArtifactSegmenter.load(tmp_path / "artifact_segmenter.safetensors").threshold,
                        segmenter.threshold) and record["method"] == "occlusion"
-    assert record["signal"]["n"] == 500 and record["signal"]["has_signal"]  # measured on this generator
+    assert record["signal"]["n"] == 100 and record["signal"]["has_signal"]  # measured on this generator

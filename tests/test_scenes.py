@@ -127,7 +127,7 @@ def test_variants_are_deterministic_worlds_with_other_priors():
         a, b = scenes.render_scene(0, 5, variant=variant), scenes.render_scene(0, 5, variant=variant)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
         assert not np.array_equal(a[0], scenes.render_scene(0, 5)[0])
-    stats = {v: scenes.world_statistics(0, 150, 32, v)["classes"] for v in defaults.WORLD_VARIANTS}
+    stats = {v: scenes.world_statistics(0, 80, 32, v)["classes"] for v in defaults.WORLD_VARIANTS}
     share = {v: {c: s["pixel_share"] for c, s in stats[v].items()} for v in stats}
     assert share["town"]["building"] > 1.5 * share["default"]["building"] > 2 * share["wild"]["building"]
     assert share["wild"]["tree"] > 1.5 * share["default"]["tree"] > 2 * share["town"]["tree"]

@@ -45,6 +45,25 @@ def categories_chart(result: dict) -> np.ndarray:
     return figure_array(fig)
 
 
+def classes_chart(result: dict) -> np.ndarray:
+    """One panel per model: interpretable units per class (rows) and layer (columns), counts written in the cells."""
+    models, classes = result["models"], result["classes"]
+    fig, axes = _panels(models, 0.32 * len(classes) + 1.4)
+    top = max([1] + [row["per_class"].get(c, 0) for m in models for row in m["layers"].values() for c in classes])
+    for ax, model in zip(axes, models):
+        names = list(model["layers"])
+        counts = np.array([[model["layers"][n]["per_class"].get(c, 0) for n in names] for c in classes])
+        ax.imshow(counts, cmap="Blues", vmin=0, vmax=top, aspect="auto")
+        for (i, j), count in np.ndenumerate(counts):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if count > top / 2 else "black")
+        ax.set_xticks(range(len(names)), names, fontsize=7, rotation=30)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_title(f"{model['label']}: interpretable units per class", fontsize=9)
+    return figure_array(fig)
+
+
 def best_iou_chart(result: dict) -> np.ndarray:
     """One panel per model: each layer's units by their best IoU (box and points), the threshold as a line."""
     models = result["models"]
@@ -87,6 +106,7 @@ def matches_chart(result: dict) -> np.ndarray:
 def write_compare_report(run_dir: Path, result: dict) -> Path:
     classes = result["classes"]
     pictures = (picture("categories.png", "interpretable units per layer and category, one panel per model")
+                + picture("classes.png", "interpretable units per class and layer")
                 + picture("best_iou.png", "each unit's best IoU per layer"))
     sections = [("Interpretable units per layer", pictures)]
     for model in result["models"]:

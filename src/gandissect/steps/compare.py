@@ -3,10 +3,11 @@
 Reads finished runs - ``dissect.json`` of each model, and optionally ``ace.json`` and ``repair.json`` runs, each
 attributed to the model whose generator it used (by the generator identity the runs record) - and writes
 ``runs/<name>/``: ``compare.json``, ``categories.png`` (interpretable units per category, layer and model),
-``best_iou.png`` (the distribution of each unit's best IoU per layer) and ``index.html``. With ``match_units`` it
-also runs each pair of neighbouring models (checkpoints of one GAN) on shared latents and matches every
-interpretable unit of the later one to the earlier unit whose activations correlate with it most
-(``matches.png``). Generators to dissect first are the pipeline's business (``pipelines.run_compare_pipeline``).
+``classes.png`` (the same per class), ``best_iou.png`` (the distribution of each unit's best IoU per layer) and
+``index.html``. With ``match_units`` it also runs each pair of neighbouring models (checkpoints of one GAN) on
+shared latents and matches every interpretable unit of the later one to the earlier unit whose activations
+correlate with it most (``matches.png``). Generators to dissect first are the pipeline's business
+(``pipelines.run_compare_pipeline``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from gandissect.errors import GandissectError
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_match import UnitCorrelation, best_matches
 from gandissect.models.generators import load_generator
-from gandissect.report.compare import best_iou_chart, categories_chart, matches_chart, write_compare_report
+from gandissect.report.compare import (best_iou_chart, categories_chart, classes_chart, matches_chart,
+                                       write_compare_report)
 
 
 def _read(path: str | Path, file_name: str, what: str) -> tuple[Path, dict]:
@@ -196,8 +198,8 @@ def log_to_wandb(run_dir: Path, cfg: CompareConfig, result: dict) -> None:
     set_summary(run, summary_metrics(result))
     for model in result["models"]:  # lineage: the comparison read these checkpoints
         use_model_artifact(run, model["generator"])
-    run.log({name: wandb.Image(str(run_dir / f"{name}.png")) for name in ("categories", "best_iou", "matches")
-             if (run_dir / f"{name}.png").is_file()})
+    charts = ("categories", "classes", "best_iou", "matches")
+    run.log({name: wandb.Image(str(run_dir / f"{name}.png")) for name in charts if (run_dir / f"{name}.png").is_file()})
     finish_wandb(run, run_dir)
 
 
@@ -219,6 +221,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None, dissected: list
     result["matches"] = matched_pairs(cfg, result["models"], dissections) if cfg.match_units else []
     run_dir = start_run(cfg.name, cfg, root=run_dir)
     save_image(run_dir / "categories.png", categories_chart(result))
+    save_image(run_dir / "classes.png", classes_chart(result))
     save_image(run_dir / "best_iou.png", best_iou_chart(result))
     if result["matches"]:
         save_image(run_dir / "matches.png", matches_chart(result))

@@ -62,7 +62,8 @@ def evaluate_generator(generator, segmenter, n: int = 2000, seed: int = 0, real_
         rows[name] = {"real_share": real_share, "generated_share": gen_share, "relative_difference": relative,
                       "checked": checked, "within_tolerance": (abs(relative) <= tolerance) if checked else None}
     return {
-        "n": n, "seed": seed, "real_seed": real_seed, "variant": variant, "min_share": min_share, "tolerance": tolerance,
+        "n": n, "seed": seed, "real_seed": real_seed, "variant": variant, "min_share": min_share,
+        "tolerance": tolerance,
         "fd_scenes": float(fd.compute()),
         "classes": rows,
         "passes": all(r["within_tolerance"] for r in rows.values() if r["checked"]),

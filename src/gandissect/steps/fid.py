@@ -57,7 +57,8 @@ def run_fid_stats(data: str, n: int, out: str | Path, seed: int = 0, size: int =
                               "nothing was saved")
     # the run directory is made once the statistics exist: a run that fails on the way leaves none behind
     run_dir = start_run(name, {"command": "fid stats", "data": data, "n": n, "seed": seed, "size": size,
-                               "variant": variant, "backbone": backbone, "weights": weights, "segmenter": segmenter, "out": str(out)})
+                               "variant": variant, "backbone": backbone, "weights": weights, "segmenter": segmenter,
+                               "out": str(out)})
     save_statistics(out, mu, sigma, name=metric.name, count=n)
     results = {"metric": metric.name, "statistics": str(out), "n": n, "data": data,
                "seed": seed if data == "scenes" else None, "num_features": metric.num_features}
