@@ -55,16 +55,19 @@ def test_the_manifests_quality_figures_hold_when_recomputed_on_a_sample():
 
     manifest = json.loads((REPO / "checkpoints" / "MANIFEST.json").read_text())
     segmenter = SceneSegmenter.load(REPO / "checkpoints" / "scene_segmenter.safetensors")
-    recorded = manifest["scene_segmenter.safetensors"]["quality"]["held_out"]
-    measured = evaluate_segmenter(segmenter, 12345, 100)
-    assert abs(measured["miou"] - recorded["miou"]) <= 0.01, (measured["miou"], recorded["miou"])
+    quality = manifest["scene_segmenter.safetensors"]["quality"]
+    for variant, recorded in (("default", quality["held_out"]), ("town", quality["held_out_variants"]["town"])):
+        measured = evaluate_segmenter(segmenter, 12345, 100, variant=variant, progress=False)
+        assert abs(measured["miou"] - recorded["miou"]) <= 0.01, (variant, measured["miou"], recorded["miou"])
 
-    for file in ("scene_gan_generator.safetensors", "scene_stylegan2_generator.safetensors"):
+    for file, variant, classes in (("scene_gan_generator.safetensors", "default", 7),
+                                   ("scene_stylegan2_generator.safetensors", "default", 7),
+                                   ("scene_gan_town_generator.safetensors", "town", 5)):
         quality = manifest[file]["quality"]
         generator = load_any_generator(REPO / "checkpoints" / file)
-        result = evaluate_generator(generator, segmenter, n=200, seed=0, real_seed=12345)
+        result = evaluate_generator(generator, segmenter, n=200, seed=0, real_seed=12345, variant=variant)
         checked = [c for c, v in quality["pixel_share"].items() if v["real"] >= 0.02]
-        assert len(checked) == 7
+        assert len(checked) == classes
         for name in checked:
             for side, key in (("real", "real_share"), ("generated", "generated_share")):
                 recorded_share, share = quality["pixel_share"][name][side], result["classes"][name][key]

@@ -82,6 +82,9 @@ def test_compare_refuses_missing_runs_and_runs_of_other_generators(two_models, i
     cfg = _config(args.config_class, args)
     assert (cfg.dissections, cfg.labels, cfg.name) == ([pg, sg], ["a", "b"], "c2")
     assert set(args.func(args)["models"]) == {"a", "b"}
+    args = build_parser().parse_args(["compare", "--generators", f"{PROGAN},{PROGAN}", "--set", "match_units=true"])
+    cfg = _config(args.config_class, args)
+    assert cfg.generators == [PROGAN, PROGAN] and cfg.match_units and cfg.dissect == "experiments/scenes/dissect.yaml"
 
 
 def permuted_progan(path):
@@ -140,3 +143,21 @@ def test_units_are_matched_across_checkpoints_by_their_activations(two_models, i
     with pytest.raises(CheckpointError, match="generator not found: .*none.pt"):
         run_compare_pipeline(missing)
     assert not (isolated_runs / "steps2").exists()
+
+
+@pytest.mark.parametrize("name", ["layers", "datasets", "training"])
+def test_the_comparison_configs_read_shipped_checkpoints_with_one_dissection_setting(name):
+    cfg = load_config(CompareConfig, REPO / "experiments" / "compare" / f"{name}.yaml")
+    assert cfg.generators and len(cfg.labels) == len(cfg.generators)
+    assert all((REPO / generator).is_file() for generator in cfg.generators), cfg.generators
+    dissect = load_config(DissectConfig, REPO / cfg.dissect, cfg.dissect_set)
+    assert dissect.n == 2000 and len(dissect.layers) == 9
+
+
+def test_the_help_shows_list_defaults_as_none(capsys):
+    from gandissect.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "MISSING" not in text and "(default: none)" in text

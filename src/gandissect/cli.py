@@ -277,7 +277,8 @@ def _flag(p: argparse.ArgumentParser, flag: str, key: str, help: str, type=str, 
         note = "required"
     elif not p.get_default("reads_a_file"):
         field = {f.name: f for f in dataclasses.fields(p.get_default("config_class"))}[key]
-        note = f"default: {'none' if field.default is None else field.default}"
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        note = f"default: {'none' if default in (None, []) else default}"
     else:
         note = f"overrides {key} of the config"
     flags = flag.split("|")
