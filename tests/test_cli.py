@@ -90,7 +90,7 @@ def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
     assert repaired["fd_original"] > 0 and repaired["fd_random_mean"] > 0
     assert "repair/index.html" in html and (run_dir / "repair" / "before_after.png").is_file()
     assert html.index("Repair") < html.index("Dissection")  # the main job's result comes first
-    from gandissect.core.runs import read_offline_history
+    from gandissect.core.wandb_files import read_offline_history
 
     rows = read_offline_history(run_dir / "wandb")  # the demo's own run; the dissection's is under dissect/
     assert rows and rows[0]["miou"] == pytest.approx(results["segmentation"]["miou"])

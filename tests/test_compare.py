@@ -8,7 +8,8 @@ import torch
 
 from gandissect.config import AceConfig, CompareConfig, DissectConfig, load_config
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import read_offline_run, release_runs
+from gandissect.core.runs import release_runs
+from gandissect.core.wandb_files import read_offline_run
 from gandissect.errors import CheckpointError, GandissectError
 from gandissect.models.generators import load_generator, save_generator
 from gandissect.pipelines import run_ace_pipeline, run_compare_pipeline

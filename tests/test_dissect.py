@@ -16,7 +16,7 @@ from gandissect.errors import GandissectError
 from gandissect.models.planted import PlantedTreeShare
 from gandissect.models.progan import load_generator
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.core.runs import read_offline_history, read_offline_run, read_offline_table
+from gandissect.core.wandb_files import read_offline_history, read_offline_run, read_offline_table
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 

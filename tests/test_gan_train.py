@@ -8,7 +8,7 @@ import torch
 
 from gandissect.config import GANTrainConfig, load_config
 from gandissect.models.progan import load_discriminator, load_generator
-from gandissect.core.runs import read_offline_history, read_offline_run
+from gandissect.core.wandb_files import read_offline_history, read_offline_run
 from gandissect.io import sha256_file
 from gandissect.steps.train import train_gan
 

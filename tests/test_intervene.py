@@ -21,7 +21,7 @@ from gandissect.steps.intervene import InterventionModule
 from gandissect.models.planted import PlantedTreePainter, tree_texture
 from gandissect.models.progan import load_generator
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.core.runs import read_offline_history, read_offline_run
+from gandissect.core.wandb_files import read_offline_history, read_offline_run
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from gandissect.config import PaintConfig, PaintLimitsConfig
-from gandissect.core.runs import read_offline_run
+from gandissect.core.wandb_files import read_offline_run
 from gandissect.core.hooks import NetHook
 from gandissect.steps.paint.engine import Stroke, compose
 from gandissect.steps.paint.server import build_app, build_state

@@ -11,7 +11,7 @@ import torch
 import gandissect  # noqa: F401
 from gandissect.core.hooks import NetHook, UnknownLayerError, fold_ablation, fold_unit_scale, unit_alpha
 from gandissect.core.latents import seeded_latents
-from gandissect.core.runs import read_offline_history, read_offline_run
+from gandissect.core.wandb_files import read_offline_history, read_offline_run
 from gandissect.data.images import scene_batches
 from gandissect.errors import BadValueError
 from gandissect.io import sha256_file

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gandissect.cli import main
-from gandissect.core.runs import read_offline_history
+from gandissect.core.wandb_files import read_offline_history
 
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script
 

@@ -4,7 +4,7 @@ import pytest
 
 from gandissect.config import SegmenterTrainConfig, load_config
 from gandissect.models.segmenter import SceneSegmenter
-from gandissect.core.runs import read_offline_history, read_offline_run
+from gandissect.core.wandb_files import read_offline_history, read_offline_run
 from gandissect.steps.train import train_segmenter
 
 from .conftest import REPO

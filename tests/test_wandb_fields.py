@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from gandissect.config import DissectConfig, GANTrainConfig, load_config
-from gandissect.core.runs import (finish_wandb, flat_config, log_model_artifact, model_name, read_offline_run,
-                                  set_summary, start_run, use_model_artifact, wandb_run)
+from gandissect.core.runs import (finish_wandb, flat_config, log_model_artifact, model_name, set_summary, start_run,
+                                  use_model_artifact, wandb_run)
+from gandissect.core.wandb_files import read_offline_run
 from gandissect.io import sha256_file
 
 from .conftest import REPO
