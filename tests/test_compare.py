@@ -143,6 +143,11 @@ def test_units_are_matched_across_checkpoints_by_their_activations(two_models, i
                                                 f"dissect={REPO / 'experiments/scenes/dissect.yaml'}"])
     with pytest.raises(CheckpointError, match="generator not found: .*none.pt"):
         run_compare_pipeline(missing)
+    for settings, message in ((["labels=[a, b]"], "give one label per dissection and generator \\(1\\)"),
+                              (["match_units=true"], "give at least two models")):
+        with pytest.raises(GandissectError, match=message):  # refused before any dissection
+            run_compare_pipeline(load_config(CompareConfig, None, ["name=steps2", f"generators=[{PROGAN}]",
+                                                                   *settings]))
     assert not (isolated_runs / "steps2").exists()
 
 

@@ -164,3 +164,37 @@ def test_scenes_of_a_variant_are_drawn_with_its_statistics(tmp_path):
     assert stats["variant"] == "town"
     assert stats["classes"]["building"]["pixel_share"] == scenes.world_statistics(0, 20, 32, "town")["classes"][
         "building"]["pixel_share"]
+
+
+def test_a_town_scene_is_pinned():
+    """The town variant's scene (3, 17) (sha256 of image + labels): the shipped town GAN was trained on these."""
+    import hashlib
+
+    image, label = scenes.render_scene(3, 17, variant="town")
+    assert hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest() == \
+        "376422148e4f7a50e9e29fb6862d1ec4c4b74811cea9a533714706343f798989"
+
+
+def test_a_repair_of_a_variant_draws_its_real_scenes_from_that_variant(monkeypatch, tmp_path):
+    """The artifact segmenter (fine-tuning, calibration, signal) and the real statistics of a repair with
+    real_variant=town read town scenes only."""
+    from gandissect.config import RepairConfig, load_config
+    from gandissect.metrics.fid import scenes_fd
+    from gandissect.metrics.real_stats import real_statistics
+    from gandissect.models.generators import load_generator
+    from gandissect.models.segmenter import SceneSegmenter
+    from gandissect.steps.artifacts import build_artifact_segmenter
+
+    from .conftest import REPO
+
+    drawn, draw = [], scenes.render_scene
+    monkeypatch.setattr(scenes, "render_scene", lambda seed, index, size=64, variant="default":
+                        drawn.append(variant) or draw(seed, index, size, variant))
+    cfg = load_config(RepairConfig, None, ["real_variant=town", "artifact.calibration_n=4", "artifact.check_n=2",
+                                           "artifact.finetune_steps=1", "artifact.finetune_batch_size=2",
+                                           "batch_size=2"])
+    build_artifact_segmenter(cfg, load_generator(REPO / "checkpoints" / "scene_gan_generator.safetensors"))
+    fd = scenes_fd(SceneSegmenter.load(REPO / "checkpoints" / "scene_segmenter.safetensors"))
+    real = real_statistics(fd, 64, 12345, 4, 2, tmp_path, None, variant="town")
+    assert "_town_seed12345_" in real.path.name
+    assert len(drawn) == 2 + 4 + 4 + 2 + 4 and set(drawn) == {"town"}

@@ -66,7 +66,8 @@ def test_model_names_give_a_training_run_and_its_checkpoints_one_name(tmp_path):
 def test_a_training_config_is_flattened_to_what_it_trains():
     flat = flat_config(load_config(GANTrainConfig, REPO / "experiments/scenes/gan.yaml"))
     assert flat == {"seed": 0, "arch": "progan", "resolution": 64, "latent_dim": 128, "max_steps": 6000,
-                    "batch_size": 32}
+                    "batch_size": 32, "variant": "default"}
+    assert flat_config(load_config(GANTrainConfig, REPO / "experiments/scenes/gan-town.yaml"))["variant"] == "town"
 
 
 def test_a_dissection_of_a_snapshot_uses_the_artifact_version_training_logged(tmp_path):

@@ -236,7 +236,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _compare(args) -> dict:
-    cfg = _config(CompareConfig, args)
+    cfg = _checked(_config(CompareConfig, args))
     if not cfg.dissections and not cfg.generators:
         raise ConfigError("compare: give the dissections with --dissections A,B or the generators with --generators "
                           "X,Y (or dissections: / generators: in --config)")

@@ -119,11 +119,14 @@ def run_compare_pipeline(cfg: CompareConfig, run_dir: Path | None = None) -> dic
                                                         f"name={cfg.name}-dissect"])
                for generator in cfg.generators]
     identities = [generator_identity(dcfg) for dcfg in configs]  # a missing file stops here, before any work
+    compare.read_inputs(cfg)  # and missing runs or labels that do not fit
     dissected = []
     for i, (dcfg, identity) in enumerate(zip(configs, identities), start=1):
         target = run_dir / f"dissect-{i}-{Path(dcfg.generator).stem}"
         dcfg.wandb = WandbConfig(mode="disabled")  # the comparison's own run is the one to look at
         if not _same_dissection(target / "dissect.json", dcfg, identity):
+            # what is there was made with other settings or weights: start over rather than resume it
+            dcfg.resume = (target / "tally.pt").is_file() and not (target / "dissect.json").is_file()
             run_dissection(dcfg, target)
         dissected.append(target / "dissect.json")
     return compare.run_compare(cfg, run_dir, dissected)

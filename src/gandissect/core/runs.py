@@ -241,7 +241,7 @@ SNAPSHOTS_DIR = "snapshots"       # runs/<train run>/snapshots/generator-step<N>
 GENERATOR_FILE = "generator.safetensors"
 # the settings a dashboard filters by, lifted to the top level of the W&B config when a step's config has them
 FLAT_KEYS = ("layer", "layers", "class_name", "n", "seed", "dissect_n", "quantile", "iou_threshold", "k", "routes",
-             "fd_n", "truncation", "segmenter")
+             "fd_n", "truncation", "segmenter", "variant", "real_variant")
 
 
 def model_name(path: str | Path) -> str:
@@ -286,8 +286,8 @@ def flat_config(cfg) -> dict:
         flat.update({key: model[key] for key in ("arch", "resolution", "latent_dim") if key in model})
     if isinstance(config.get("trainer"), dict):
         flat["max_steps"] = config["trainer"].get("max_steps")
-    if isinstance(config.get("data"), dict) and "batch_size" in config["data"]:
-        flat["batch_size"] = config["data"]["batch_size"]
+    if isinstance(config.get("data"), dict):  # a training run: its batches and its world
+        flat.update({key: config["data"][key] for key in ("batch_size", "variant") if key in config["data"]})
     return flat
 
 

@@ -59,8 +59,10 @@ class UnknownClassError(BadValueError):
 @dataclass(frozen=True)
 class WorldPriors:
     """How often each kind of thing appears. Counts are numpy ``integers(low, high)`` ranges (high excluded),
-    the others probabilities per scene."""
+    the others probabilities per scene. ``stream`` keeps each variant's random numbers apart (fixed, so that adding
+    a variant changes no other's scenes)."""
 
+    stream: int = 0
     clouds: tuple[int, int] = (0, 4)
     mountains: float = 0.6
     lake: float = 0.4
@@ -71,8 +73,8 @@ class WorldPriors:
 
 VARIANTS = {
     "default": WorldPriors(),
-    "town": WorldPriors(clouds=(0, 3), mountains=0.15, lake=0.1, road=0.9, buildings=(2, 6), trees=(0, 2)),
-    "wild": WorldPriors(clouds=(1, 5), mountains=0.9, lake=0.7, road=0.15, buildings=(0, 2), trees=(3, 8)),
+    "town": WorldPriors(stream=1, clouds=(0, 3), mountains=0.15, lake=0.1, road=0.9, buildings=(2, 6), trees=(0, 2)),
+    "wild": WorldPriors(stream=2, clouds=(1, 5), mountains=0.9, lake=0.7, road=0.15, buildings=(0, 2), trees=(3, 8)),
 }
 
 
@@ -204,7 +206,7 @@ def render_scene(seed: int, index: int, size: int = 64, variant: str = "default"
     check_size(size)
     priors = VARIANTS[check_variant(variant)]
     # The default world keeps its original random stream; a variant's scenes are independent of it.
-    key = [int(seed), int(index)] if variant == "default" else [int(seed), int(index), list(VARIANTS).index(variant)]
+    key = [int(seed), int(index)] if priors.stream == 0 else [int(seed), int(index), priors.stream]
     rng = np.random.default_rng(key)
     coords = ((np.arange(size) + 0.5) / size).astype(np.float32)
     cv = _Canvas(np.zeros((size, size, 3), np.float32), np.zeros((size, size), np.int64),
@@ -330,13 +332,13 @@ class ScenesDataModule(pl.LightningDataModule):
     """Training scenes from one seed, validation scenes from another (never the same scenes)."""
 
     def __init__(self, size: int = 64, batch_size: int = 32, train_seed: int = 0, train_length: int = 100_000,
-                 val_seed: int = 1, val_length: int = 256, num_workers: int = 0, variant: str = "default"):
+                 val_seed: int = 1, val_length: int = 256, num_workers: int = 0):
         super().__init__()
         if train_seed == val_seed:
             raise BadValueError("train_seed and val_seed must differ so that validation scenes are held out")
         self.size, self.batch_size, self.num_workers = check_size(size), batch_size, num_workers
-        self.train_set = SceneDataset(train_seed, train_length, size, variant=variant)
-        self.val_set = SceneDataset(val_seed, val_length, size, variant=variant)
+        self.train_set = SceneDataset(train_seed, train_length, size)
+        self.val_set = SceneDataset(val_seed, val_length, size)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,13 +32,14 @@ from gandissect.models.losses import discriminator_loss
 
 
 def finetune_discriminator(discriminator: nn.Module, generator: nn.Module, steps: int, batch_size: int,
-                           lr: float, seed: int, r1_gamma: float = 1.0, r1_interval: int = 4) -> nn.Module:
+                           lr: float, seed: int, r1_gamma: float = 1.0, r1_interval: int = 4,
+                           variant: str = "default") -> nn.Module:
     """A copy of D trained ``steps`` more steps (the training loss: non-saturating, lazy R1) against the frozen
-    generator, on real scenes of world ``seed``. A GAN's D at equilibrium is weak; this sharpens it on the
-    generator being repaired."""
+    generator, on real scenes of world ``seed`` (of ``variant``). A GAN's D at equilibrium is weak; this sharpens
+    it on the generator being repaired."""
     D = copy.deepcopy(discriminator).train().requires_grad_(True)
     optimizer = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.99))
-    real_scenes = scenes.SceneDataset(seed, steps * batch_size, generator.resolution)
+    real_scenes = scenes.SceneDataset(seed, steps * batch_size, generator.resolution, variant=variant)
     for step in tqdm(range(steps), desc="fine-tune discriminator", unit="step", leave=False):
         real = torch.stack([real_scenes[step * batch_size + i][0] for i in range(batch_size)])
         with torch.no_grad():
@@ -65,18 +67,18 @@ def _build(cfg: RepairConfig, generator: nn.Module) -> tuple[ArtifactSegmenter, 
     D = load_discriminator(a.discriminator)
     if a.finetune_steps:
         D = finetune_discriminator(D, generator, a.finetune_steps, a.finetune_batch_size, a.finetune_lr,
-                                   a.finetune_seed)
+                                   a.finetune_seed, variant=cfg.real_variant)
     segmenter = ArtifactSegmenter(D, a.method, a.d_layer, a.cell, a.stride, a.ig_steps)
     size = generator.resolution
     batches = math.ceil(a.calibration_n / cfg.batch_size)
-    threshold = segmenter.calibrate(scene_batches(a.calibration_seed, a.calibration_n, size, cfg.batch_size),
-                                    a.flag_rate, total=batches)
+    calibration = partial(scene_batches, a.calibration_seed, a.calibration_n, size, cfg.batch_size,
+                          variant=cfg.real_variant)
+    threshold = segmenter.calibrate(calibration(), a.flag_rate, total=batches)
     record = {"discriminator": a.discriminator, "discriminator_sha256": model_identity(a.discriminator),
               **segmenter.settings(),
               "finetune_steps": a.finetune_steps, "threshold": threshold, "target_flag_rate": a.flag_rate,
               "calibration": {"n": a.calibration_n, "seed": a.calibration_seed,
-                              "flag_rate": segmenter.flag_rate(scene_batches(a.calibration_seed, a.calibration_n,
-                                                                             size, cfg.batch_size))}}
+                              "flag_rate": segmenter.flag_rate(calibration())}}
     if a.check_n:
         record["signal"] = measure_signal(cfg, generator, segmenter)
         record["held_out"] = {"n": a.check_n, "seed": a.check_seed, "flag_rate": record["signal"]["real_share"]}
@@ -88,12 +90,17 @@ def measure_signal(cfg: RepairConfig, generator: nn.Module, segmenter: ArtifactS
     """The flagged shares of ``check_n`` held-out real scenes and as many generated images (latents of
     ``check_seed``), compared: does the map tell this generator's images from real ones at all?"""
     a, size = cfg.artifact, generator.resolution
-    real = list(scene_batches(a.check_seed, a.check_n, size, cfg.batch_size))
+    real = list(scene_batches(a.check_seed, a.check_n, size, cfg.batch_size, variant=cfg.real_variant))
     generated = list(generated_batches(generator, a.check_seed, a.check_n, cfg.batch_size))
     with torch.no_grad():  # D's own verdict on the same images, for comparison with its map's
         fakeness = [torch.cat([-segmenter.discriminator(x) for x in batches]).cpu() for batches in (real, generated)]
     return {"n": a.check_n, "seed": a.check_seed, "d_auc": roc_auc(*fakeness),
             **flag_signal(segmenter.flagged_shares(real), segmenter.flagged_shares(generated))}
+
+
+def _world(cfg: RepairConfig) -> dict:
+    """The real scenes' world variant, in a reuse key (absent for the default world, so earlier keys still match)."""
+    return {} if cfg.real_variant == "default" else {"real_variant": cfg.real_variant}
 
 
 def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: str,
@@ -108,11 +115,11 @@ def artifact_segmenter(cfg: RepairConfig, generator: nn.Module, generator_id: st
         if cfg.artifact.check_n:
             record["signal"] = measure_signal(cfg, generator, given)
         record["key"] = {"segmenter_sha256": record["segmenter_sha256"], "generator": generator_id,
-                         "plant": to_dict(cfg.plant)}
+                         "plant": to_dict(cfg.plant), **_world(cfg)}
         return given, record
     path, record_path = run_dir / "artifact_segmenter.safetensors", run_dir / "artifact_segmenter.json"
     key = {"artifact": to_dict(cfg.artifact), "discriminator_sha256": model_identity(cfg.artifact.discriminator),
-           "generator": generator_id, "plant": to_dict(cfg.plant), "batch_size": cfg.batch_size}
+           "generator": generator_id, "plant": to_dict(cfg.plant), "batch_size": cfg.batch_size, **_world(cfg)}
     if path.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("key") == key:

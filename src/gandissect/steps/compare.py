@@ -22,8 +22,8 @@ from tqdm import tqdm
 from gandissect.config import CompareConfig
 from gandissect.core.hooks import NetHook
 from gandissect.core.latents import latent_batches
-from gandissect.core.runs import (finish_run, finish_wandb, model_identity, runs_root, set_summary, start_run,
-                                  use_model_artifact, wandb_run)
+from gandissect.core.runs import (finish_run, finish_wandb, model_identity, model_name, runs_root, set_summary,
+                                  start_run, use_model_artifact, wandb_run)
 from gandissect.errors import GandissectError
 from gandissect.io import save_image, write_json
 from gandissect.metrics.unit_match import UnitCorrelation, best_matches
@@ -102,10 +102,12 @@ def repair_rows(models: list[dict], runs: list[tuple[Path, dict]]) -> list[dict]
 
 
 def _dissected_generator(model: dict) -> torch.nn.Module:
-    """The generator a dissection read, checked to be the same weights."""
-    path = model["generator"]
-    generator = load_generator(path)
-    if model_identity(path, None if Path(path).is_file() else generator) != model["generator_id"]:
+    """The generator a dissection read (with the truncation its identity records), checked to be the same weights."""
+    path, identity = model["generator"], model["generator_id"]
+    truncation = float(identity.split(" truncation ")[1]) if " truncation " in identity else None
+    generator = load_generator(path, truncation=truncation)
+    made = model_identity(path, None if Path(path).is_file() else generator)
+    if (made if truncation is None else f"{made} truncation {truncation}") != identity:
         raise GandissectError(f"unit matching: {path} is no longer the generator that {model['dissection']} "
                               "dissected (its sha256 differs); dissect it again")
     return generator
@@ -163,7 +165,7 @@ def matched_pairs(cfg: CompareConfig, models: list[dict], dissections: list[tupl
     pairs = []
     for (a, (_, res_a)), (b, (_, res_b)) in zip(zip(models, dissections), zip(models[1:], dissections[1:])):
         layers = [name for name in res_b["layers"] if name in res_a["layers"]
-                  and res_a["layers"][name]["shape"][2:] == res_b["layers"][name]["shape"][2:]]
+                  and res_a["layers"][name]["shape"][1:] == res_b["layers"][name]["shape"][1:]]
         if not layers:
             raise GandissectError(f"unit matching: {a['label']} and {b['label']} share no dissected layer of one size")
         correlations = layer_correlations(_dissected_generator(a), _dissected_generator(b), layers, cfg.match_n,
@@ -203,21 +205,33 @@ def log_to_wandb(run_dir: Path, cfg: CompareConfig, result: dict) -> None:
     finish_wandb(run, run_dir)
 
 
+def read_inputs(cfg: CompareConfig) -> dict:
+    """The finished runs a comparison reads and the models' labels, every problem refused here, before any work:
+    a missing run, labels that do not fit, unit matching with one model."""
+    dissections = [_read(p, "dissect.json", "dissection") for p in cfg.dissections]
+    count = len(cfg.dissections) + len(cfg.generators)
+    if cfg.labels and len(cfg.labels) != count:
+        raise GandissectError(f"labels={list(cfg.labels)}: give one label per dissection and generator ({count})")
+    labels = list(cfg.labels) or ([Path(path).parent.name for path, _ in dissections]
+                                  + [model_name(g) for g in cfg.generators])
+    if len(set(labels)) != len(labels):
+        raise GandissectError(f"labels {labels} repeat a name; give distinct labels")
+    if cfg.match_units and count < 2:
+        raise GandissectError("match_units: true matches each model's units to the previous model's; give at "
+                              "least two models")
+    return {"dissections": dissections, "labels": labels,
+            "ace": [_read(p, "ace.json", "ACE run") for p in cfg.ace],
+            "repairs": [_read(p, "repair.json", "repair run") for p in cfg.repairs]}
+
+
 def run_compare(cfg: CompareConfig, run_dir: Path | None = None, dissected: list[Path] = ()) -> dict:
     """Read the runs (refusing a missing one before anything is written), then write the comparison.
     ``dissected``: dissections made for ``cfg.generators``, compared after ``cfg.dissections``."""
-    paths = [*cfg.dissections, *dissected]
-    if cfg.labels and len(cfg.labels) != len(paths):
-        raise GandissectError(f"labels={list(cfg.labels)}: give one label per dissection and generator "
-                              f"({len(paths)})")
-    dissections = [_read(p, "dissect.json", "dissection") for p in paths]
-    labels = list(cfg.labels) or ([Path(path).parent.name for path, _ in dissections[:len(cfg.dissections)]]
-                                  + [Path(g).stem for g in cfg.generators])
-    if len(set(labels)) != len(labels):
-        raise GandissectError(f"labels {labels} repeat a name; give distinct labels")
-    result = compare_dissections(dissections, labels)
-    result["ace"] = ace_rows(result["models"], [_read(p, "ace.json", "ACE run") for p in cfg.ace])
-    result["repair"] = repair_rows(result["models"], [_read(p, "repair.json", "repair run") for p in cfg.repairs])
+    inputs = read_inputs(cfg)
+    dissections = inputs["dissections"] + [_read(p, "dissect.json", "dissection") for p in dissected]
+    result = compare_dissections(dissections, inputs["labels"])
+    result["ace"] = ace_rows(result["models"], inputs["ace"])
+    result["repair"] = repair_rows(result["models"], inputs["repairs"])
     result["matches"] = matched_pairs(cfg, result["models"], dissections) if cfg.match_units else []
     run_dir = start_run(cfg.name, cfg, root=run_dir)
     save_image(run_dir / "categories.png", categories_chart(result))
