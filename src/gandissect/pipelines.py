@@ -36,14 +36,19 @@ from gandissect.models.segmenter import load_segmenter
 from gandissect.steps.paint.concepts import build_concepts, iou_order
 
 
+def _recorded_settings(path: Path, **wanted) -> dict | None:
+    """The settings of the finished dissection at ``path`` when they hold every ``wanted`` value, else None."""
+    if not path.is_file():
+        return None
+    settings = json.loads(path.read_text()).get("settings", {})
+    return settings if all(settings.get(key) == value for key, value in wanted.items()) else None
+
+
 def _dissection_holds(path: Path, cfg: AceConfig, generator_id: str) -> bool:
     """Whether the ACE run's own dissection was made for these weights, layer, latents and segmenter file."""
-    if not path.is_file():
-        return False
-    settings = json.loads(path.read_text()).get("settings", {})
-    return (cfg.layer in settings.get("layers", []) and settings.get("generator_sha256") == generator_id
-            and (settings.get("n"), settings.get("seed")) == (cfg.dissect_n, cfg.dissect_seed)
-            and settings.get("segmenter") == cfg.segmenter)
+    settings = _recorded_settings(path, generator_sha256=generator_id, n=cfg.dissect_n, seed=cfg.dissect_seed,
+                                  segmenter=cfg.segmenter)
+    return settings is not None and cfg.layer in settings.get("layers", [])
 
 
 def _given_dissection(cfg: AceConfig) -> Path:
@@ -100,16 +105,6 @@ def run_repair_pipeline(cfg: RepairConfig, run_dir: Path | None = None, generato
     return result
 
 
-def _same_dissection(path: Path, cfg: DissectConfig, generator_id: str) -> bool:
-    """Whether a finished dissection holds ``cfg``'s layers and settings for these weights."""
-    if not path.is_file():
-        return False
-    settings = json.loads(path.read_text()).get("settings", {})
-    wanted = {"generator_sha256": generator_id, "layers": list(cfg.layers), "n": cfg.n, "seed": cfg.seed,
-              "segmenter": cfg.segmenter, "quantile": cfg.quantile, "iou_threshold": cfg.iou_threshold}
-    return all(settings.get(key) == value for key, value in wanted.items())
-
-
 def run_compare_pipeline(cfg: CompareConfig, run_dir: Path | None = None) -> dict:
     """Dissect each of ``cfg.generators`` with the ``cfg.dissect`` settings into ``<compare run>/dissect-<i>-<file>``
     (a finished dissection there of the same weights and settings is reused, an interrupted one resumes), then
@@ -124,7 +119,9 @@ def run_compare_pipeline(cfg: CompareConfig, run_dir: Path | None = None) -> dic
     for i, (dcfg, identity) in enumerate(zip(configs, identities), start=1):
         target = run_dir / f"dissect-{i}-{Path(dcfg.generator).stem}"
         dcfg.wandb = WandbConfig(mode="disabled")  # the comparison's own run is the one to look at
-        if not _same_dissection(target / "dissect.json", dcfg, identity):
+        if _recorded_settings(target / "dissect.json", generator_sha256=identity, layers=list(dcfg.layers), n=dcfg.n,
+                              seed=dcfg.seed, segmenter=dcfg.segmenter, quantile=dcfg.quantile,
+                              iou_threshold=dcfg.iou_threshold) is None:
             # what is there was made with other settings or weights: start over rather than resume it
             dcfg.resume = (target / "tally.pt").is_file() and not (target / "dissect.json").is_file()
             run_dissection(dcfg, target)
