@@ -130,6 +130,13 @@ def test_eval_gan_compares_class_shares_and_reports_fd(tmp_path, small_generator
     generated = sum(row["generated_share"] for row in result["classes"].values())
     assert real == pytest.approx(1.0) and generated == pytest.approx(1.0)
     assert result["classes"]["sky"]["checked"] and not result["classes"]["window"]["checked"]
+    sky = result["classes"]["sky"]
+    assert sky["real_presence"] == 1.0  # every scene of the world has sky
+    for side in ("real", "generated"):  # share x image area = presence x pixels where present, for every class
+        for row in result["classes"].values():
+            assert 0 <= row[f"{side}_presence"] <= 1
+            pixels = row[f"{side}_pixels_where_present"]
+            assert row[f"{side}_share"] * 64 * 64 == pytest.approx(row[f"{side}_presence"] * (pixels or 0))
     # an untrained generator draws no sky where the world has 38% of it: the bar must fail
     assert result["passes"] is False
     run_dir = tmp_path / "runs" / "eval-gan"

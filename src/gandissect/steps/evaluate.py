@@ -38,18 +38,23 @@ def sample_grid(generator, seed: int, n: int = 64, columns: int = 8) -> np.ndarr
 def evaluate_generator(generator, segmenter, n: int = 2000, seed: int = 0, real_seed: int = 12345,
                        batch_size: int = 100, min_share: float = 0.02, tolerance: float = 0.35,
                        variant: str = "default") -> dict:
-    """Per-class pixel shares of n generated and n real scenes (both segmented), and FD-scenes."""
+    """Per-class pixel shares of n generated and n real scenes (both segmented), how many images hold each class
+    and how large it is where it is drawn (a class drawn too rarely and one drawn too small look alike in the share),
+    and FD-scenes."""
     classes = segmenter.classes
-    counts = {"real": torch.zeros(len(classes), dtype=torch.float64),
-              "generated": torch.zeros(len(classes), dtype=torch.float64)}
+    counts = {side: torch.zeros(len(classes), dtype=torch.float64) for side in ("real", "generated")}
+    holding = {side: torch.zeros(len(classes), dtype=torch.float64) for side in ("real", "generated")}
     fd = scenes_fd(segmenter)
     real_data = torch.utils.data.DataLoader(scenes.SceneDataset(real_seed, n, generator.resolution, variant=variant),
                                             batch_size=batch_size)
     for start, (real, _) in zip(tqdm(range(0, n, batch_size), desc="real vs generated", leave=False), real_data):
         fake = generate(generator, seed, len(real), batch_size, start=start)
         for side, images in (("real", real), ("generated", fake)):
-            labels = segmenter(images).argmax(dim=1)
-            counts[side] += torch.bincount(labels.flatten(), minlength=len(classes)).double()
+            labels = segmenter(images).argmax(dim=1).flatten(1)
+            per_image = torch.zeros(len(labels), len(classes), dtype=torch.float64)
+            per_image.scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float64))
+            counts[side] += per_image.sum(0)
+            holding[side] += (per_image > 0).sum(0)
             fd.update(images, real=side == "real")
     shares = {side: (c / c.sum()).tolist() for side, c in counts.items()}
     rows = {}
@@ -61,6 +66,10 @@ def evaluate_generator(generator, segmenter, n: int = 2000, seed: int = 0, real_
         checked = real_share >= min_share
         rows[name] = {"real_share": real_share, "generated_share": gen_share, "relative_difference": relative,
                       "checked": checked, "within_tolerance": (abs(relative) <= tolerance) if checked else None}
+        for side in ("real", "generated"):  # the fraction of images holding the class, and its pixels in those
+            held = holding[side][i].item()
+            rows[name][f"{side}_presence"] = held / n
+            rows[name][f"{side}_pixels_where_present"] = counts[side][i].item() / held if held else None
     return {
         "n": n, "seed": seed, "real_seed": real_seed, "variant": variant, "min_share": min_share,
         "tolerance": tolerance,
