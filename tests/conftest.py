@@ -1,5 +1,8 @@
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +38,28 @@ def console_script() -> str:
     if found is None:
         pytest.fail("the gandissect console script is not installed; run `pip install -e .`")
     return found
+
+
+def run_cli(*args, cwd=REPO, env_runs=None) -> subprocess.CompletedProcess:
+    """``gandissect ARGS`` in this process: the console script's own ``gandissect.cli:main``, its stdout and stderr
+    captured and its exit status returned as a subprocess would. A fresh process would pay torch's and Lightning's
+    imports (6-8 s on 2 cores) on every call; ``test_cli.py`` runs the installed script itself."""
+    from gandissect.cli import main
+
+    args = [str(arg) for arg in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_runs = os.environ.get("GANDISSECT_RUNS")
+    if env_runs is not None:
+        os.environ["GANDISSECT_RUNS"] = str(env_runs)
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                returncode = main(args)
+            except SystemExit as stop:  # argparse's usage errors
+                returncode = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        if saved_runs is None:
+            os.environ.pop("GANDISSECT_RUNS", None)
+        else:
+            os.environ["GANDISSECT_RUNS"] = saved_runs
+    return subprocess.CompletedProcess(["gandissect", *args], returncode, out.getvalue(), err.getvalue())

@@ -1,19 +1,21 @@
 import json
+import os
 import subprocess
 
 import pytest
 
-from .conftest import REPO, SHIPPED_SEGMENTER, console_script
+from .conftest import REPO, SHIPPED_SEGMENTER, console_script, run_cli
 
 
 def gandissect(*args, cwd=REPO, env_runs=None):
-    import os
+    return run_cli(*args, cwd=cwd, env_runs=env_runs)
 
-    env = dict(os.environ)
-    if env_runs is not None:
-        env["GANDISSECT_RUNS"] = str(env_runs)
-    return subprocess.run([console_script(), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+
+def installed_gandissect(*args, env_runs):
+    """The installed console script in a fresh process, as a user types it."""
+    env = dict(os.environ, GANDISSECT_RUNS=str(env_runs))
+    return subprocess.run([console_script(), *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=600)
 
 
 def test_scenes_command_writes_grid_and_statistics(tmp_path):
@@ -51,7 +53,7 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(tmp_path):
     _one_line_error(gandissect("eval", "segmenter", "--checkpoint", corrupt, "--n", 2), str(corrupt), "corrupt")
     config = tmp_path / "c.yaml"
     config.write_text("trainer:\n  max_step: 3\n")
-    _one_line_error(gandissect("train", "segmenter", "--config", config, env_runs=tmp_path / "runs"),
+    _one_line_error(installed_gandissect("train", "segmenter", "--config", config, env_runs=tmp_path / "runs"),
                     "unknown config key trainer.max_step", "max_steps")
     assert not (tmp_path / "runs").exists()  # refused before any run directory was made
 
@@ -68,9 +70,11 @@ def test_eval_prints_json_and_keeps_it_in_the_run_directory(tmp_path):
 
 def test_demo_writes_a_report_and_an_offline_wandb_run(tmp_path):
     tiny_ace = "[class_name=tree, n=32, constants_n=64, steps=4, batch_size=8, removal_units=3, top_units=3]"
-    tiny_repair = ("[dissect_n=64, effect_n=16, fd_n=160, real_n=160, batch_size=32, k=2, candidates=3, "
-                   "artifact.calibration_n=64, artifact.check_n=32, artifact.finetune_steps=2, random_draws=3, "
-                   "evaluation.resamples=30, evaluation.kid_subsets=5, evaluation.rules_n=64]")
+    # the demo's own repair reads the shipped artifact segmenter, as `make demo` does
+    tiny_repair = ("[artifact.segmenter=checkpoints/scene_gan_artifact_segmenter.safetensors, dissect_n=64, "
+                   "effect_n=16, fd_n=160, real_n=160, batch_size=32, k=2, candidates=3, artifact.check_n=32, "
+                   "random_draws=3, evaluation.resamples=30, evaluation.kid_subsets=5, evaluation.rules_n=64, "
+                   "learned.steps=8, learned.batch_size=8]")
     done = gandissect("demo", "--set", "n=16", "--set", "stats_n=32", "--set", "dissect_n=64",
                       "--set", f"ace_set={tiny_ace}", "--set", f"repair_set={tiny_repair}", env_runs=tmp_path / "runs")
     assert done.returncode == 0, done.stderr[-2000:]

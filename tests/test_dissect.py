@@ -18,7 +18,7 @@ from gandissect.models.progan import load_generator
 from gandissect.models.segmenter import SceneSegmenter
 from gandissect.core.wandb_files import read_offline_history, read_offline_run, read_offline_table
 
-from .conftest import REPO, SHIPPED_SEGMENTER, console_script
+from .conftest import REPO, SHIPPED_SEGMENTER, run_cli
 
 SHIPPED_GAN = REPO / "checkpoints" / "scene_gan_generator.safetensors"
 TREE = scenes.CLASSES.index("tree")
@@ -115,10 +115,11 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, phase):
 
 
 def test_two_ddp_processes_give_the_same_counts_and_labels_as_one(tmp_path):
-    script = REPO / "tests" / "dissect_ddp_script.py"
-    for devices in (1, 2):
-        subprocess.run([sys.executable, str(script), str(tmp_path / f"p{devices}"), str(devices)], check=True,
-                       cwd=REPO, timeout=300)
+    from . import dissect_ddp_script
+
+    dissect_ddp_script.main(str(tmp_path / "p1"), 1)  # the one-process reference runs here, the DDP pair apart
+    subprocess.run([sys.executable, dissect_ddp_script.__file__, str(tmp_path / "p2"), "2"], check=True, cwd=REPO,
+                   timeout=300)
     # one batch for two processes: the second has nothing to do and the run still completes
     tiny = [json.loads((tmp_path / f"p{d}-tiny" / "dissect.json").read_text()) for d in (1, 2)]
     assert tiny[0]["layers"]["layer4"]["units_detail"] == tiny[1]["layers"]["layer4"]["units_detail"]
@@ -146,9 +147,10 @@ def _free_port() -> int:
 def test_two_nodes_started_by_torchrun_give_the_one_process_dissection(tmp_path):
     """Two single-process "nodes" on the loopback address (torchrun --nnodes 2, gloo), as an external launcher
     starts a run on a cluster: the dissection must equal the one-process one."""
-    script = REPO / "tests" / "dissect_nodes_script.py"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "1"], check=True, cwd=REPO, timeout=300,
-                   capture_output=True)
+    from . import dissect_nodes_script
+
+    script = dissect_nodes_script.__file__
+    dissect_nodes_script.main(str(tmp_path / "one"), 1)
     port = _free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
                                "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port",
@@ -164,7 +166,7 @@ def test_two_nodes_started_by_torchrun_give_the_one_process_dissection(tmp_path)
 
 
 def _gandissect(*args):
-    return subprocess.run([console_script(), *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    return run_cli(*args)
 
 
 def test_dissect_command_writes_json_report_strips_chart_and_wandb(isolated_runs):

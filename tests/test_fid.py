@@ -12,7 +12,7 @@ from gandissect.metrics.fid import (FrechetDistance, build_fd, frechet_distance,
                                     random_inception_weights, save_statistics)
 from pytorch_fid.fid_score import calculate_frechet_distance, compute_statistics_of_path
 
-from .conftest import REPO, SHIPPED_SEGMENTER, console_script
+from .conftest import REPO, SHIPPED_SEGMENTER, run_cli
 from .fid_ddp_worker import feed_shard, tiny_backbone
 
 
@@ -185,11 +185,7 @@ def test_statistics_files_are_pytorch_fids_npz(tmp_path):
 
 
 def _gandissect(*args, runs):
-    import os
-
-    env = dict(os.environ, GANDISSECT_RUNS=str(runs))
-    return subprocess.run([console_script(), *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=300)
+    return run_cli(*args, env_runs=runs)
 
 
 def test_fid_stats_and_score_commands(tmp_path):

@@ -19,7 +19,7 @@ from gandissect.models.artifact_segmenter import ArtifactSegmenter
 from gandissect.models.planted import PlantedArtifacts
 from gandissect.models.progan import ProGANGenerator, load_discriminator, load_generator
 
-from .conftest import REPO, console_script
+from .conftest import REPO, run_cli
 
 SHIPPED_GAN = REPO / "checkpoints" / "scene_gan_generator.safetensors"
 SHIPPED_D = REPO / "checkpoints" / "scene_gan_discriminator.safetensors"
@@ -107,24 +107,26 @@ def test_planted_units_paint_and_their_ablation_removes_the_paint(shipped_genera
 
 
 def _repair(name, *settings):
-    args = [console_script(), "repair", "--config", str(REPO / "experiments" / "scenes" / "repair.yaml"),
+    args = ["repair", "--config", str(REPO / "experiments" / "scenes" / "repair.yaml"),
             "--set", f"name={name}", "--set", f"generator={SHIPPED_GAN}",
             "--set", f"segmenter={REPO / 'checkpoints' / 'scene_segmenter.safetensors'}",
             "--set", f"artifact.discriminator={SHIPPED_D}"]
     for s in settings:
         args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    return run_cli(*args)
 
 
 TINY = ["dissect_n=128", "effect_n=32", "fd_n=160", "real_n=160", "batch_size=32", "artifact.calibration_n=64",
         "artifact.check_n=64", "artifact.finetune_steps=0", "random_draws=3", "evaluation.resamples=50",
         "evaluation.rules_n=64", "evaluation.kid_subsets=10"]
+COARSE_MAP = ["artifact.cell=32", "artifact.stride=32"]  # 5 discriminator passes per image, not 17
 
 
 def test_planted_artifact_units_are_recovered(isolated_runs):
     done = _repair("planted", "plant.units=[5,40,77]", "k=3", "candidates=8", "wandb.mode=disabled", *TINY,
-                   "routes=[iou_effect,iou,unit_fd,learned,learned_soft,multilayer]", "unit_fd.n=256",
-                   "unit_fd.top=64", "learned.steps=8", "learned.batch_size=8", "multilayer.layers=[layer6]")
+                   "routes=[iou_effect,iou,unit_fd,learned,learned_soft,multilayer]", "unit_fd.n=128",
+                   "unit_fd.top=32", "evaluation.resamples=25", "learned.steps=8", "learned.batch_size=8",
+                   "multilayer.layers=[layer6]")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((isolated_runs / "planted" / "repair.json").read_text())
     recovery = result["planted"]["chosen"]
@@ -150,7 +152,7 @@ def test_planted_artifact_units_are_recovered(isolated_runs):
 
 
 def test_repair_command_end_to_end(isolated_runs):
-    done = _repair("tiny", "k=2", "candidates=4", "wandb.mode=offline", "routes=[iou_effect,iou]", *TINY)
+    done = _repair("tiny", "k=2", "candidates=4", "wandb.mode=offline", "routes=[iou_effect,iou]", *TINY, *COARSE_MAP)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     run = isolated_runs / "tiny"
@@ -194,7 +196,8 @@ def test_repair_command_end_to_end(isolated_runs):
     # its dissection over, not fails
     first_dissection = (run / "dissect" / "dissect.json").read_text()
     shipped = REPO / "checkpoints" / "scene_gan_artifact_segmenter.safetensors"
-    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", *TINY, "routes=[iou]", "random_draws=2",
+    again = _repair("tiny", "k=2", "candidates=4", "wandb.mode=disabled", *TINY, *COARSE_MAP, "routes=[iou]",
+                    "random_draws=2", "dissect_n=64", "fd_n=64", "real_n=64", "evaluation.rules_n=32",
                     f"artifact.segmenter={shipped}")
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((run / "repair.json").read_text())
@@ -204,9 +207,8 @@ def test_repair_command_end_to_end(isolated_runs):
 
 
 def test_repair_refuses_a_bad_layer_with_the_layer_list(isolated_runs):
-    done = subprocess.run([console_script(), "repair", "--set", "layer=layer44", "--set", "wandb.mode=disabled",
-                           "--set", f"generator={SHIPPED_GAN}"], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+    done = run_cli("repair", "--set", "layer=layer44", "--set", "wandb.mode=disabled",
+                   "--set", f"generator={SHIPPED_GAN}")
     assert done.returncode == 2
     assert "layer44" in done.stderr and "layer4" in done.stderr
     assert not (isolated_runs / "repair").exists()
@@ -222,10 +224,11 @@ def test_repair_refuses_more_units_than_the_random_draws_can_avoid(isolated_runs
 def test_two_ddp_processes_choose_the_same_units_and_fds_as_one(tmp_path):
     """Two processes split the candidates' ablations and the FD batches (7 batches: one process gets a batch
     more); the units they choose and the FDs they report must be those of one process."""
-    script = REPO / "tests" / "repair_ddp_script.py"
-    for devices in (1, 2):
-        subprocess.run([sys.executable, str(script), str(tmp_path / f"p{devices}"), str(devices)], check=True,
-                       cwd=REPO, timeout=300)
+    from . import repair_ddp_script
+
+    repair_ddp_script.main(str(tmp_path / "p1"), 1)  # the one-process reference runs here, the DDP pair apart
+    subprocess.run([sys.executable, repair_ddp_script.__file__, str(tmp_path / "p2"), "2"], check=True, cwd=REPO,
+                   timeout=300)
     one, two = (json.loads((tmp_path / f"p{d}" / "repair.json").read_text()) for d in (1, 2))
     assert (one["timing"]["processes"], two["timing"]["processes"]) == (1, 2)
     assert two["ranking"] == one["ranking"]  # the same IoUs and the same effects, half of them from each process
