@@ -9,8 +9,11 @@ import torch
 from gandissect.config import GANTrainConfig, load_config
 from gandissect.models.progan import load_discriminator, load_generator
 from gandissect.core.wandb_files import read_offline_history, read_offline_run
+from gandissect.data import scenes
 from gandissect.io import sha256_file
 from gandissect.steps.train import train_gan
+
+import pytorch_lightning as pl  # noqa: E402 (after gandissect, whose import makes torchvision's importable)
 
 from .conftest import REPO
 from .gan_tiny import TINY
@@ -122,19 +125,34 @@ def test_generator_snapshots_are_kept_every_n_steps_and_logged_as_versions_of_on
         [sha256_file(run_dir / "generator.safetensors")]
 
 
-def test_resuming_continues_the_step_count_and_keeps_the_earlier_snapshots(tmp_path):
+class RealBatches(pl.Callback):
+    """The real images of every training batch, in the order the run read them."""
+
+    def __init__(self):
+        self.images = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.images.append(batch[0].clone())
+
+
+def test_resuming_continues_the_step_count_the_scene_stream_and_keeps_the_earlier_snapshots(tmp_path):
     def run(steps):
         cfg = tiny_config(f"trainer.max_steps={steps}", "monitor.fd_every=0", "monitor.sample_every=0",
                           "monitor.snapshot_every=2", "wandb.mode=disabled")
-        return train_gan(cfg, run_dir=tmp_path / "resumable")
+        batches = RealBatches()
+        return train_gan(cfg, run_dir=tmp_path / "resumable", callbacks=[batches]), batches.images, cfg
 
-    first = run(3)
+    (first, read_first, cfg), (longer, read_after, _) = run(3), run(5)
     assert (first["steps"], first["resumed_from_step"]) == (3, 0)
-    longer = run(5)
     assert (longer["steps"], longer["resumed_from_step"]) == (5, 3)
     assert longer["images_seen"] == 20
     assert sorted(p.name for p in (tmp_path / "resumable" / "snapshots").iterdir()) == \
         ["generator-step2.safetensors", "generator-step4.safetensors"]
+    # one stream of scenes across both runs: steps 0-2 read scenes 0..3B-1, the resumed steps 3-4 the next 2B
+    assert (len(read_first), len(read_after)) == (3, 2)
+    world = torch.stack([scenes.to_tensor(scenes.render_scene(cfg.data.train_seed, i, cfg.model.resolution)[0])
+                         for i in range(5 * cfg.data.batch_size)])
+    assert torch.equal(torch.cat(read_first + read_after), world)
 
 
 def test_two_process_ddp_run_logs_from_rank_zero_only(tmp_path):

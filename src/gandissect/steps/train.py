@@ -314,16 +314,24 @@ def save_ema_generator(G_ema: torch.nn.Module, path: Path) -> Path:
     return save_generator(generator, path)
 
 
+def scene_stream(cfg: GANTrainConfig, first_step: int, world_size: int) -> torch.utils.data.DataLoader:
+    """The real scenes of steps ``first_step``..max_steps-1, in order: step s reads scenes s*B*W .. (s+1)*B*W - 1
+    (B per process, W processes; Lightning's sampler deals them out), so a resumed run goes on with the scenes after
+    the last it trained on instead of starting the world again."""
+    per_step = cfg.data.batch_size * world_size
+    steps = max(1, cfg.trainer.max_steps - first_step)  # a finished run still gets a (never read) batch
+    dataset = scenes.SceneDataset(cfg.data.train_seed, steps * per_step, cfg.model.resolution,
+                                  start=first_step * per_step, variant=cfg.data.variant)
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, drop_last=True,
+                                       num_workers=cfg.data.num_workers,
+                                       persistent_workers=cfg.data.num_workers > 0)
+
+
 def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list = ()) -> dict:
     """Train a GAN (ProGAN or StyleGAN2) on the scene world; writes the run directory and returns its results."""
     run_dir = start_run(cfg.name, cfg, root=run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
-    data = torch.utils.data.DataLoader(
-        scenes.SceneDataset(cfg.data.train_seed, t.max_steps * cfg.data.batch_size, cfg.model.resolution,
-                            variant=cfg.data.variant),
-        batch_size=cfg.data.batch_size, shuffle=False, drop_last=True, num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0)
     module = GANModule(cfg)
     # the group of the generator it makes, which the dissections of that generator (or its snapshots) also get
     logger = wandb_logger(run_dir, cfg, "train", group=model_name(run_dir / GENERATOR_FILE))
@@ -335,6 +343,7 @@ def train_gan(cfg: GANTrainConfig, run_dir: Path | None = None, callbacks: list 
     trainer = _trainer(t, devices, run_dir, logger, 2 * t.max_steps, 2 * cfg.monitor.checkpoint_every, callbacks)
     resume_from, resumed_optimizer_steps = _resume_checkpoint(run_dir, cfg.resume)
     resumed_step = resumed_optimizer_steps // 2
+    data = scene_stream(cfg, resumed_step, trainer.world_size)
     start = time.time()
     trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from)
     wall = time.time() - start
