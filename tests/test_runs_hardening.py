@@ -273,7 +273,10 @@ def test_a_dissection_killed_at_random_points_resumes_to_the_uninterrupted_resul
 
 
 def test_two_runs_started_at_once_under_one_name_one_runs_and_the_other_is_refused(tiny, isolated_runs, tmp_path):
-    argv = [console_script(), *_dissect_argv("both", tiny, n=32)]  # long enough for the two to overlap
+    # 512 latents: the dissection holds its directory for ~6 s, several times what the two processes' start-up
+    # times (~8 s of imports each) differ by on a busy 2-core machine; with 32 latents it held it for 0.3 s, and in
+    # one CI run the two ran one after the other
+    argv = [console_script(), *_dissect_argv("both", tiny, n=512)]
     errs = [tmp_path / f"{i}.err" for i in range(2)]
     processes = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
                  for err in errs]
