@@ -7,8 +7,7 @@ import pytest
 from .conftest import REPO, SHIPPED_SEGMENTER, console_script, run_cli
 
 
-def gandissect(*args, cwd=REPO, env_runs=None):
-    return run_cli(*args, cwd=cwd, env_runs=env_runs)
+gandissect = run_cli  # the commands' main() in this process; installed_gandissect starts the script itself
 
 
 def installed_gandissect(*args, env_runs):

@@ -165,13 +165,9 @@ def test_two_nodes_started_by_torchrun_give_the_one_process_dissection(tmp_path)
     assert one["layers"]["layer4"]["iou_by_class"] == two["layers"]["layer4"]["iou_by_class"]
 
 
-def _gandissect(*args):
-    return run_cli(*args)
-
-
 def test_dissect_command_writes_json_report_strips_chart_and_wandb(isolated_runs):
-    run = _gandissect("dissect", "--config", "experiments/scenes/dissect.yaml", "--layers", "layer3,layer4",
-                      "--n", "64", "--set", "name=cli-dissect", "--set", "top_k=3")
+    run = run_cli("dissect", "--config", "experiments/scenes/dissect.yaml", "--layers", "layer3,layer4",
+                  "--n", "64", "--set", "name=cli-dissect", "--set", "top_k=3")
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout[run.stdout.index("{"):])
     run_dir = isolated_runs / "cli-dissect"
@@ -216,6 +212,6 @@ def test_dissect_command_writes_json_report_strips_chart_and_wandb(isolated_runs
     assert (used["name"], used["type"], used["used"]) == ("scene_gan_generator", "model", True)
     assert used["metadata"]["sha256"] == result["settings"]["generator_sha256"]
 
-    bad = _gandissect("dissect", "--layers", "layer99", "--n", "32")
+    bad = run_cli("dissect", "--layers", "layer99", "--n", "32")
     assert bad.returncode == 2 and not (isolated_runs / "dissect").exists()  # nothing written for a bad layer
     assert "unknown layer 'layer99'" in bad.stderr and "layer4" in bad.stderr and len(bad.stderr.splitlines()) == 1
